@@ -1,0 +1,105 @@
+package proxy
+
+import (
+	"net/http"
+	"net/netip"
+	"strings"
+)
+
+// peerAddr parses the connection's remote address; the zero Addr when it is
+// not an IP (a unix socket) or unparsable.
+func peerAddr(remote string) netip.Addr {
+	ap, err := netip.ParseAddrPort(remote)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap().WithZone("")
+}
+
+func (h *Handler) trustedPeer(ip netip.Addr) bool {
+	if !ip.IsValid() {
+		return false
+	}
+	for _, p := range h.trusted {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// setForwarded writes X-Forwarded-For/-Proto/-Host on out. From an untrusted
+// peer every incoming value is replaced; from a trusted one the chain is kept
+// and the peer appended. It returns the client IP: the peer itself, or for a
+// trusted peer the right-most address in the chain that is not a trusted
+// proxy.
+func (h *Handler) setForwarded(in, out *http.Request) netip.Addr {
+	peer := peerAddr(in.RemoteAddr)
+	trusted := h.trustedPeer(peer)
+	client := peer
+
+	proto := "http"
+	if in.TLS != nil {
+		proto = "https"
+	}
+	if !trusted {
+		if peer.IsValid() {
+			out.Header["X-Forwarded-For"] = []string{peer.String()}
+		} else {
+			delete(out.Header, "X-Forwarded-For")
+		}
+		out.Header["X-Forwarded-Proto"] = []string{proto}
+		setOrDelete(out.Header, "X-Forwarded-Host", in.Host)
+		return client
+	}
+
+	prior := out.Header["X-Forwarded-For"]
+	if len(prior) > 0 {
+		client = rightmostUntrusted(h, prior, peer)
+		out.Header["X-Forwarded-For"] = []string{strings.Join(prior, ", ") + ", " + peer.String()}
+	} else {
+		out.Header["X-Forwarded-For"] = []string{peer.String()}
+	}
+	if out.Header.Get("X-Forwarded-Proto") == "" {
+		out.Header["X-Forwarded-Proto"] = []string{proto}
+	}
+	if out.Header.Get("X-Forwarded-Host") == "" {
+		setOrDelete(out.Header, "X-Forwarded-Host", in.Host)
+	}
+	return client
+}
+
+func setOrDelete(h http.Header, k, v string) {
+	if v == "" {
+		delete(h, k)
+		return
+	}
+	h[k] = []string{v}
+}
+
+// rightmostUntrusted walks the X-Forwarded-For chain from the right and
+// returns the first address that is not a trusted proxy: the left part of
+// the chain could have been written by the client itself.
+func rightmostUntrusted(h *Handler, chain []string, peer netip.Addr) netip.Addr {
+	for i := len(chain) - 1; i >= 0; i-- {
+		line := chain[i]
+		for line != "" {
+			var last string
+			if j := strings.LastIndexByte(line, ','); j >= 0 {
+				last, line = line[j+1:], line[:j]
+			} else {
+				last, line = line, ""
+			}
+			ip, err := netip.ParseAddr(strings.TrimSpace(last))
+			if err != nil {
+				return peer // garbage in the chain: trust nothing left of it
+			}
+			ip = ip.Unmap()
+			if !h.trustedPeer(ip) {
+				return ip
+			}
+			peer = ip
+		}
+	}
+	return peer
+}

@@ -1,0 +1,165 @@
+package proxy
+
+import (
+	"errors"
+	"net/http"
+	"time"
+
+	"github.com/sluiceproxy/sluice/upstream"
+)
+
+// roundTrip is the state of one client request as it goes through the
+// steps of DESIGN.md: clone, prepare, body, attempts, respond, copy.
+type roundTrip struct {
+	h   *Handler
+	w   http.ResponseWriter
+	in  *http.Request
+	out *http.Request
+
+	sel     upstream.Selection
+	body    requestBody
+	upgrade string // the Upgrade token forwarded, if any
+
+	start    time.Time
+	attempts int
+	up       *upstream.Upstream // upstream of the final response
+	held     *upstream.Upstream // acquired, released when the body is copied
+	status   int                // status sent (or 499 logged)
+	ttfb     time.Duration      // time to upstream response headers
+	written  int64              // response body bytes sent
+	upBytes  int64              // bytes sent upstream through a tunnel
+	err      error              // what went wrong, for the logs
+	abort    bool               // abort the client stream when done
+}
+
+func newRoundTrip(h *Handler, w http.ResponseWriter, r *http.Request) *roundTrip {
+	rt := &roundTrip{h: h, w: w, in: r, start: time.Now()}
+	rt.sel.Request = r
+	rt.sel.Writer = w
+	return rt
+}
+
+func (rt *roundTrip) release() {
+	rt.body.release()
+	rt.logAccess()
+}
+
+// serve runs the attempt loop and delivers the outcome.
+func (rt *roundTrip) serve() {
+	h := rt.h
+	h.budget.deposit()
+	rt.out = cloneRequest(rt.in.Context(), rt.in)
+	rt.prepare()
+	if err := rt.body.init(rt.in, rt.out, h.maxBuffer); err != nil {
+		rt.badBody(err)
+		return
+	}
+
+	ctx := rt.in.Context()
+	deadline := rt.start.Add(h.retry.TryDuration)
+	var last failure
+	var lastErr error
+	for {
+		rt.attempts++
+		res, f, err := rt.attempt()
+		if f == 0 {
+			rt.respond(res)
+			return
+		}
+		if f == failClient {
+			rt.clientGone(err)
+			return
+		}
+		// Keep the most telling failure: "no upstream" after a refused
+		// dial says less than the dial error.
+		if f != failNoUpstream || last == 0 {
+			last, lastErr = f, err
+		}
+		if !rt.mayRetry(f) || rt.attempts > h.retry.Retries ||
+			!time.Now().Before(deadline) || !h.budget.withdraw() {
+			if res != nil {
+				// Out of attempts on a retryable status: the client gets
+				// the upstream's answer as it was.
+				rt.respond(res)
+				return
+			}
+			rt.fail(last, lastErr)
+			return
+		}
+		if res != nil {
+			res.Body.Close()
+		}
+		h.log.LogAttrs(ctx, slogDebug, "retrying", attrErr(err), attrInt("attempt", rt.attempts))
+		if !wait(ctx, h.retry.backoff(rt.attempts)) {
+			rt.clientGone(ctx.Err())
+			return
+		}
+	}
+}
+
+// failRetryStatus marks a response whose status the policy retries.
+const failRetryStatus failure = 100
+
+// mayRetry applies the fixed safety rules to one failure.
+func (rt *roundTrip) mayRetry(f failure) bool {
+	switch f {
+	case failDial:
+		return rt.body.unsent()
+	case failNoUpstream:
+		return true // an upstream may come back (health, max_requests)
+	}
+	return idempotent(rt.in) && rt.body.replayable()
+}
+
+// attempt selects an upstream and sends the request once. It returns the
+// response and f == 0 on success; on failure the failure class and error; for
+// a retryable status, the response and failRetryStatus.
+func (rt *roundTrip) attempt() (*http.Response, failure, error) {
+	h := rt.h
+	up, err := h.pool.Select(&rt.sel)
+	if errors.Is(err, upstream.ErrNoUpstream) && rt.sel.Tried.Len() > 0 {
+		// Everything was tried once: any upstream is better than none.
+		rt.sel.Tried.Reset()
+		up, err = h.pool.Select(&rt.sel)
+	}
+	if err != nil {
+		if rt.in.Context().Err() != nil {
+			return nil, failClient, rt.in.Context().Err()
+		}
+		return nil, failNoUpstream, err
+	}
+	out := rt.out
+	out.URL.Scheme = up.Scheme
+	if out.URL.Scheme == "" {
+		out.URL.Scheme = "http"
+	}
+	out.URL.Host = up.Addr
+	out.Body = rt.body.reader()
+
+	guard := rt.watch1xx()
+	t0 := time.Now()
+	res, err := h.transport.RoundTrip(out)
+	guard.stop()
+	lat := time.Since(t0)
+
+	if err != nil {
+		f := classify(err, rt.in.Context())
+		kind := upstream.Failure
+		if f == failClient {
+			kind = upstream.Ignored
+		}
+		h.pool.Release(up, upstream.Outcome{Kind: kind, Latency: lat})
+		rt.sel.Tried.Add(up)
+		rt.up = up
+		return nil, f, err
+	}
+	if h.retry.retryStatus(res.StatusCode) && res.StatusCode != http.StatusSwitchingProtocols {
+		h.pool.Release(up, upstream.Outcome{Kind: upstream.Ignored, Status: res.StatusCode, Latency: lat})
+		rt.sel.Tried.Add(up)
+		rt.up, rt.ttfb = up, lat
+		return res, failRetryStatus, errors.New("upstream answered " + res.Status)
+	}
+	rt.up, rt.ttfb = up, lat
+	rt.held = up
+	return res, 0, nil
+}
