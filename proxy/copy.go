@@ -16,7 +16,10 @@ import (
 // never looks complete.
 func (rt *roundTrip) copyResponse(res *http.Response) upstream.OutcomeKind {
 	interval := rt.flushPolicy(res)
-	rc := http.NewResponseController(rt.w)
+	var rc *http.ResponseController
+	if interval != 0 {
+		rc = http.NewResponseController(rt.w)
+	}
 	var dst io.Writer = rt.w
 	var lw *latencyWriter
 	if interval > 0 {

@@ -38,17 +38,17 @@ func (h *Handler) setForwarded(in, out *http.Request) netip.Addr {
 	trusted := h.trustedPeer(peer)
 	client := peer
 
-	proto := "http"
+	proto := protoHTTP
 	if in.TLS != nil {
-		proto = "https"
+		proto = protoHTTPS
 	}
 	if !trusted {
 		if peer.IsValid() {
-			out.Header["X-Forwarded-For"] = []string{peer.String()}
+			out.Header["X-Forwarded-For"] = []string{peerString(in.RemoteAddr, peer)}
 		} else {
 			delete(out.Header, "X-Forwarded-For")
 		}
-		out.Header["X-Forwarded-Proto"] = []string{proto}
+		out.Header["X-Forwarded-Proto"] = proto
 		setOrDelete(out.Header, "X-Forwarded-Host", in.Host)
 		return client
 	}
@@ -56,17 +56,34 @@ func (h *Handler) setForwarded(in, out *http.Request) netip.Addr {
 	prior := out.Header["X-Forwarded-For"]
 	if len(prior) > 0 {
 		client = rightmostUntrusted(h, prior, peer)
-		out.Header["X-Forwarded-For"] = []string{strings.Join(prior, ", ") + ", " + peer.String()}
+		out.Header["X-Forwarded-For"] = []string{strings.Join(prior, ", ") + ", " + peerString(in.RemoteAddr, peer)}
 	} else {
-		out.Header["X-Forwarded-For"] = []string{peer.String()}
+		out.Header["X-Forwarded-For"] = []string{peerString(in.RemoteAddr, peer)}
 	}
 	if out.Header.Get("X-Forwarded-Proto") == "" {
-		out.Header["X-Forwarded-Proto"] = []string{proto}
+		out.Header["X-Forwarded-Proto"] = proto
 	}
 	if out.Header.Get("X-Forwarded-Host") == "" {
 		setOrDelete(out.Header, "X-Forwarded-Host", in.Host)
 	}
 	return client
+}
+
+// Shared read-only header values: the transport only reads them.
+var (
+	protoHTTP  = []string{"http"}
+	protoHTTPS = []string{"https"}
+)
+
+// peerString formats the peer IP, reusing the bytes of RemoteAddr for the
+// common IPv4 case instead of allocating a new string.
+func peerString(remote string, peer netip.Addr) string {
+	if peer.Is4() {
+		if i := strings.LastIndexByte(remote, ':'); i > 0 && strings.IndexByte(remote[:i], ':') < 0 {
+			return remote[:i]
+		}
+	}
+	return peer.String()
 }
 
 func setOrDelete(h http.Header, k, v string) {

@@ -7,39 +7,50 @@ import (
 	"sync"
 )
 
-// informational forwards 1xx responses (100 Continue, 103 Early Hints) from
-// the upstream to the client while one attempt is in flight. The transport
-// may call Got1xxResponse late, from its own goroutine; once stop has run
-// the callback touches nothing.
+// informational forwards 1xx responses (103 Early Hints, 100 Continue)
+// from the upstream to the client while an attempt is in flight. The
+// transport may call Got1xxResponse late, from its own goroutine; outside
+// an attempt the callback touches nothing.
+//
+// A 100 Continue answering the client's own Expect: 100-continue is not
+// written here: net/http sends it to the client when the transport starts
+// reading the body, which the transport does exactly when the upstream said
+// 100. Writing it ourselves as well could send two.
 type informational struct {
-	mu   sync.Mutex
-	done bool
-	w    http.ResponseWriter
+	mu       sync.Mutex
+	active   bool
+	w        http.ResponseWriter
+	expect   bool
+	trace    httptrace.ClientTrace
+	forwards int
 }
 
-// watch1xx installs a fresh guard on the outbound request for one attempt.
-func (rt *roundTrip) watch1xx() *informational {
-	g := &informational{w: rt.w}
-	trace := &httptrace.ClientTrace{Got1xxResponse: g.got}
-	rt.out = rt.out.WithContext(httptrace.WithClientTrace(rt.in.Context(), trace))
-	return g
+// maxForwarded1xx bounds how many 1xx responses one request relays, so an
+// upstream cannot flood the client.
+const maxForwarded1xx = 32
+
+func (g *informational) init(w http.ResponseWriter, in *http.Request) {
+	g.w = w
+	g.expect = headerHasToken(in.Header, "Expect", "100-continue")
+	g.trace.Got1xxResponse = g.got
 }
 
-func (g *informational) stop() {
+func (g *informational) setActive(on bool) {
 	g.mu.Lock()
-	g.done = true
+	g.active = on
 	g.mu.Unlock()
 }
 
 func (g *informational) got(code int, header textproto.MIMEHeader) error {
-	if code == http.StatusSwitchingProtocols {
-		return nil // a final response for us; handled by the upgrade path
+	if code == http.StatusContinue && g.expect {
+		return nil
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.done {
+	if !g.active || g.forwards >= maxForwarded1xx {
 		return nil
 	}
+	g.forwards++
 	hdr := http.Header(header).Clone()
 	removeHopByHop(hdr)
 	// The ResponseWriter writes its current header map with a 1xx, and

@@ -12,7 +12,7 @@ const (
 	slogError = slog.LevelError
 )
 
-func attrStr(k, v string) slog.Attr { return slog.String(k, v) }
+func attrStr(k, v string) slog.Attr     { return slog.String(k, v) }
 func attrInt(k string, v int) slog.Attr { return slog.Int(k, v) }
 func attrErr(err error) slog.Attr {
 	if err == nil {

@@ -1,8 +1,6 @@
 package proxy
 
 import (
-	"net/http"
-	"net/textproto"
 	"strings"
 )
 
@@ -58,8 +56,3 @@ func (h *Handler) upgradeAllowed(tok string) bool {
 	}
 	return false
 }
-
-// canonical returns the canonical form of a header key.
-func canonical(k string) string { return textproto.CanonicalMIMEHeaderKey(k) }
-
-var _ = http.Header{}

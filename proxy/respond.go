@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"errors"
-	"mime"
 	"net/http"
 	"strings"
 	"time"
@@ -84,12 +83,21 @@ func (rt *roundTrip) flushPolicy(res *http.Response) time.Duration {
 	if res.ContentLength == -1 {
 		return -1
 	}
-	if ct := res.Header.Get("Content-Type"); ct != "" {
-		if mt, _, err := mime.ParseMediaType(ct); err == nil && mt == "text/event-stream" {
-			return -1
-		}
+	if isEventStream(res.Header.Get("Content-Type")) {
+		return -1
 	}
 	return rt.h.flush
+}
+
+// isEventStream reports whether a Content-Type is text/event-stream, with or
+// without parameters (cheaper than mime.ParseMediaType on every response).
+func isEventStream(ct string) bool {
+	const es = "text/event-stream"
+	if len(ct) < len(es) || !strings.EqualFold(ct[:len(es)], es) {
+		return false
+	}
+	rest := strings.TrimLeft(ct[len(es):], " \t")
+	return rest == "" || rest[0] == ';'
 }
 
 // fail answers the client when no upstream response could be had.

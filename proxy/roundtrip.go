@@ -3,6 +3,7 @@ package proxy
 import (
 	"errors"
 	"net/http"
+	"net/http/httptrace"
 	"time"
 
 	"github.com/sluiceproxy/sluice/upstream"
@@ -17,6 +18,7 @@ type roundTrip struct {
 	out *http.Request
 
 	sel     upstream.Selection
+	info    informational
 	body    requestBody
 	upgrade string // the Upgrade token forwarded, if any
 
@@ -48,7 +50,8 @@ func (rt *roundTrip) release() {
 func (rt *roundTrip) serve() {
 	h := rt.h
 	h.budget.deposit()
-	rt.out = cloneRequest(rt.in.Context(), rt.in)
+	rt.info.init(rt.w, rt.in)
+	rt.out = cloneRequest(httptrace.WithClientTrace(rt.in.Context(), &rt.info.trace), rt.in)
 	rt.prepare()
 	if err := rt.body.init(rt.in, rt.out, h.maxBuffer); err != nil {
 		rt.badBody(err)
@@ -136,10 +139,10 @@ func (rt *roundTrip) attempt() (*http.Response, failure, error) {
 	out.URL.Host = up.Addr
 	out.Body = rt.body.reader()
 
-	guard := rt.watch1xx()
+	rt.info.setActive(true)
 	t0 := time.Now()
 	res, err := h.transport.RoundTrip(out)
-	guard.stop()
+	rt.info.setActive(false)
 	lat := time.Since(t0)
 
 	if err != nil {
