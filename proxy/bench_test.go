@@ -1,7 +1,8 @@
 package proxy_test
 
 import (
-	"io"
+	"bytes"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -25,13 +26,66 @@ func (d *discardWriter) Flush()                      {}
 
 var smallBody = strings.Repeat("x", 100)
 
-func benchBackend(b *testing.B) *httptest.Server {
-	be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain")
-		io.WriteString(w, smallBody)
-	}))
-	b.Cleanup(be.Close)
-	return be
+// rawBackend answers every request on a keep-alive connection with a fixed
+// small response, parsing no more than it must: it allocates almost nothing,
+// so allocation counts and profiles show the proxy, not the backend. It only
+// handles bodiless requests.
+func rawBackend(tb testing.TB) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	resp := []byte("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n" + smallBody)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				buf := make([]byte, 4096)
+				var pending []byte
+				for {
+					n, err := c.Read(buf)
+					if err != nil {
+						return
+					}
+					pending = append(pending, buf[:n]...)
+					for {
+						i := bytes.Index(pending, []byte("\r\n\r\n"))
+						if i < 0 {
+							break
+						}
+						pending = pending[:copy(pending, pending[i+4:])]
+						if _, err := c.Write(resp); err != nil {
+							return
+						}
+					}
+				}
+			}()
+		}
+	}()
+	tb.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return ln.Addr().String()
 }
 
 func benchRequest() *http.Request {
@@ -58,8 +112,7 @@ func runBench(b *testing.B, h http.Handler) {
 // BenchmarkServeHTTP is a small GET through proxy.Handler, and the same GET
 // through httputil.ReverseProxy with the same transport, for comparison.
 func BenchmarkServeHTTP(b *testing.B) {
-	be := benchBackend(b)
-	addr := strings.TrimPrefix(be.URL, "http://")
+	addr := rawBackend(b)
 
 	b.Run("sluice", func(b *testing.B) {
 		tr := proxy.NewTransport(proxy.TransportOptions{})
@@ -77,7 +130,7 @@ func BenchmarkServeHTTP(b *testing.B) {
 	b.Run("httputil", func(b *testing.B) {
 		tr := proxy.NewTransport(proxy.TransportOptions{})
 		defer tr.CloseIdleConnections()
-		target, _ := url.Parse(be.URL)
+		target, _ := url.Parse("http://" + addr)
 		rp := &httputil.ReverseProxy{
 			Rewrite:    func(pr *httputil.ProxyRequest) { pr.SetURL(target); pr.SetXForwarded() },
 			Transport:  tr,

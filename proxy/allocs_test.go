@@ -1,0 +1,46 @@
+package proxy_test
+
+import (
+	"net/http"
+	"testing"
+
+	"github.com/sluiceproxy/sluice/proxy"
+	"github.com/sluiceproxy/sluice/upstream"
+)
+
+// allocBudget is the most allocations one small GET through the proxy may
+// cost, transport included (measured against a backend that allocates
+// nothing). Allocation counts are stable where times are not: this test
+// fails when a change adds allocations to the hot path. Lower it when you
+// remove some; raise it only with a reason in the commit message.
+const allocBudget = 48
+
+func TestAllocBudgetSmallGET(t *testing.T) {
+	if testing.Short() {
+		t.Skip("allocation budget needs a warm connection pool")
+	}
+	addr := rawBackend(t)
+	tr := proxy.NewTransport(proxy.TransportOptions{})
+	defer tr.CloseIdleConnections()
+	h, err := proxy.New(proxy.Config{
+		Upstreams: upstream.NewPool(nil, upstream.New(addr)),
+		Transport: tr,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &discardWriter{h: make(http.Header)}
+	r := benchRequest()
+	for range 10 { // warm the connection pool and sync.Pools
+		h.ServeHTTP(w, r)
+	}
+	got := testing.AllocsPerRun(200, func() {
+		clear(w.h)
+		h.ServeHTTP(w, r)
+	})
+	t.Logf("small GET: %.1f allocs/request (budget %d)", got, allocBudget)
+	if got > allocBudget {
+		t.Fatalf("small GET costs %.1f allocations, budget is %d: find the new allocation with "+
+			"go test -run xxx -bench ServeHTTP/sluice -memprofile m.prof ./proxy/", got, allocBudget)
+	}
+}
