@@ -127,8 +127,22 @@ func BenchmarkServeHTTP(b *testing.B) {
 		runBench(b, h)
 	})
 
+	b.Run("sluice-nethttp", func(b *testing.B) {
+		tr := proxy.NewTransport(proxy.TransportOptions{DisableSynchronousHTTP1: true})
+		defer tr.CloseIdleConnections()
+		h, err := proxy.New(proxy.Config{
+			Upstreams: upstream.NewPool(nil, upstream.New(addr)),
+			Transport: tr,
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		runBench(b, h)
+	})
+
 	b.Run("httputil", func(b *testing.B) {
-		tr := proxy.NewTransport(proxy.TransportOptions{})
+		// As its users run it: net/http's Transport and a buffer pool.
+		tr := &http.Transport{MaxIdleConnsPerHost: 128, DisableCompression: true}
 		defer tr.CloseIdleConnections()
 		target, _ := url.Parse("http://" + addr)
 		rp := &httputil.ReverseProxy{

@@ -89,7 +89,7 @@ type Handler struct {
 	log          *slog.Logger
 	access       *slog.Logger
 	tunnels      tunnels
-	ownTransport *http.Transport // closed by Close when we made it
+	ownTransport *Transport // closed by Close when we made it
 }
 
 // New validates cfg, fills defaults and returns a Handler.

@@ -58,3 +58,11 @@ func TestSmokeGET(t *testing.T) {
 		t.Fatalf("UA %q", got.Header.Get("User-Agent"))
 	}
 }
+
+func httpNewRequest(method, target string, body io.Reader) *http.Request {
+	r := httptest.NewRequest(method, target, body)
+	r.RemoteAddr = "192.0.2.1:1234"
+	return r
+}
+
+func newRecorder() *httptest.ResponseRecorder { return httptest.NewRecorder() }

@@ -5,26 +5,50 @@ import (
 	"crypto/tls"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 )
 
 // TransportOptions tune the upstream transport. Zero values mean defaults.
 type TransportOptions struct {
-	DialTimeout           time.Duration // default 3s
-	ResponseHeaderTimeout time.Duration // 0: no limit (slow upstreams are cut by try duration / client)
-	ExpectContinueTimeout time.Duration // default 1s
-	IdleConnTimeout       time.Duration // default 90s; keep below the upstreams' own keep-alive
-	MaxIdleConnsPerHost   int           // default 128
-	MaxConnsPerHost       int           // default 0 (unlimited)
-	KeepAlive             time.Duration // TCP keep-alive probe period, default 30s
-	TLSClientConfig       *tls.Config   // for https upstreams
+	DialTimeout             time.Duration // default 3s
+	ResponseHeaderTimeout   time.Duration // 0: no limit (slow upstreams are cut by the client or try duration)
+	ExpectContinueTimeout   time.Duration // default 1s
+	IdleConnTimeout         time.Duration // default 90s; keep below the upstreams' own keep-alive
+	MaxIdleConnsPerHost     int           // default 128
+	MaxConnsPerHost         int           // default 0 (unlimited); applies to the net/http path only
+	MaxResponseHeaderBytes  int64         // default 1 MiB
+	KeepAlive               time.Duration // TCP keep-alive probe period, default 30s
+	TLSClientConfig         *tls.Config   // for https upstreams
+	DisableSynchronousHTTP1 bool          // always use net/http's Transport
 }
 
-// NewTransport returns an http.Transport suited to a reverse proxy: dial
-// failures come back as *DialError, compression is never negotiated on the
-// client's behalf, no environment proxy is used, and idle connections are
-// kept per upstream.
-func NewTransport(o TransportOptions) *http.Transport {
+// Transport sends requests upstream. Plain-HTTP/1.1 requests without an
+// upgrade, an Expect header or a streaming body (the bulk of proxied
+// traffic) are written and answered on the calling goroutine over pooled
+// keep-alive connections: no goroutine hand-offs, no per-request contexts.
+// Everything else (TLS and HTTP/2 upstreams, upgrades, 100-continue,
+// streaming bodies) goes through net/http's Transport, configured alike.
+// Both report dial failures as *DialError and never negotiate compression.
+type Transport struct {
+	opts   TransportOptions
+	std    *http.Transport
+	dialer net.Dialer
+
+	mu     sync.Mutex
+	idle   map[string][]*h1conn // per address, most recently used last
+	closed bool
+}
+
+// forceNetHTTP makes every transport use net/http's path. Tests set it (see
+// export_test.go) to run the whole behaviour suite against both paths.
+var forceNetHTTP bool
+
+// NewTransport returns the transport a Handler uses by default.
+func NewTransport(o TransportOptions) *Transport {
+	if forceNetHTTP {
+		o.DisableSynchronousHTTP1 = true
+	}
 	if o.DialTimeout <= 0 {
 		o.DialTimeout = 3 * time.Second
 	}
@@ -37,28 +61,93 @@ func NewTransport(o TransportOptions) *http.Transport {
 	if o.MaxIdleConnsPerHost <= 0 {
 		o.MaxIdleConnsPerHost = 128
 	}
+	if o.MaxResponseHeaderBytes <= 0 {
+		o.MaxResponseHeaderBytes = 1 << 20
+	}
 	if o.KeepAlive == 0 {
 		o.KeepAlive = 30 * time.Second
 	}
-	d := &net.Dialer{Timeout: o.DialTimeout, KeepAlive: o.KeepAlive}
-	return &http.Transport{
-		Proxy: nil,
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			c, err := d.DialContext(ctx, network, addr)
-			if err != nil {
-				return nil, &DialError{Addr: addr, Err: err}
-			}
-			return c, nil
-		},
-		TLSClientConfig:       o.TLSClientConfig,
-		ForceAttemptHTTP2:     true,
-		DisableCompression:    true,
-		MaxIdleConns:          0,
-		MaxIdleConnsPerHost:   o.MaxIdleConnsPerHost,
-		MaxConnsPerHost:       o.MaxConnsPerHost,
-		IdleConnTimeout:       o.IdleConnTimeout,
-		ResponseHeaderTimeout: o.ResponseHeaderTimeout,
-		ExpectContinueTimeout: o.ExpectContinueTimeout,
-		TLSHandshakeTimeout:   o.DialTimeout,
+	t := &Transport{
+		opts:   o,
+		dialer: net.Dialer{Timeout: o.DialTimeout, KeepAlive: o.KeepAlive},
+		idle:   make(map[string][]*h1conn),
 	}
+	t.std = &http.Transport{
+		Proxy:                  nil,
+		DialContext:            t.dial,
+		TLSClientConfig:        o.TLSClientConfig,
+		ForceAttemptHTTP2:      true,
+		DisableCompression:     true,
+		MaxIdleConns:           0,
+		MaxIdleConnsPerHost:    o.MaxIdleConnsPerHost,
+		MaxConnsPerHost:        o.MaxConnsPerHost,
+		IdleConnTimeout:        o.IdleConnTimeout,
+		ResponseHeaderTimeout:  o.ResponseHeaderTimeout,
+		ExpectContinueTimeout:  o.ExpectContinueTimeout,
+		TLSHandshakeTimeout:    o.DialTimeout,
+		MaxResponseHeaderBytes: o.MaxResponseHeaderBytes,
+	}
+	return t
+}
+
+// dial connects to addr; a failure is a *DialError: nothing was sent.
+func (t *Transport) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	c, err := t.dialer.DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, &DialError{Addr: addr, Err: err}
+	}
+	return c, nil
+}
+
+// RoundTrip implements http.RoundTripper.
+func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if body, ok := t.synchronous(req); ok {
+		return t.roundTripH1(req, body)
+	}
+	return t.std.RoundTrip(req)
+}
+
+// maxSyncBody is the largest in-memory body written on the calling goroutine
+// before the response is read. It fits the socket buffers, so an upstream
+// that answers early without reading cannot block the write.
+const maxSyncBody = 64 << 10
+
+// synchronous reports whether req can take the synchronous HTTP/1.1 path,
+// and returns its in-memory body if it has one.
+func (t *Transport) synchronous(req *http.Request) (*replayReader, bool) {
+	if t.opts.DisableSynchronousHTTP1 || req.URL.Scheme != "http" || req.Method == http.MethodConnect {
+		return nil, false
+	}
+	if _, ok := req.Header["Upgrade"]; ok {
+		return nil, false
+	}
+	if _, ok := req.Header["Expect"]; ok {
+		return nil, false
+	}
+	switch b := req.Body.(type) {
+	case nil:
+		return nil, true
+	case *replayReader:
+		if req.ContentLength >= 0 && int64(b.r.Len()) == req.ContentLength && req.ContentLength <= maxSyncBody {
+			return b, true
+		}
+	}
+	if req.Body == http.NoBody {
+		return nil, true
+	}
+	return nil, false
+}
+
+// CloseIdleConnections closes every idle upstream connection.
+func (t *Transport) CloseIdleConnections() {
+	t.mu.Lock()
+	idle := t.idle
+	t.idle = make(map[string][]*h1conn)
+	t.mu.Unlock()
+	for _, conns := range idle {
+		for _, c := range conns {
+			c.close()
+		}
+	}
+	t.std.CloseIdleConnections()
 }
