@@ -12,6 +12,12 @@ type Selector interface {
 	Select(ups []*Upstream, s *Selection) *Upstream
 }
 
+// Named is implemented by policies that know their PolicyByName name; Pool
+// status reports it.
+type Named interface {
+	Name() string
+}
+
 // Selection is what a policy may look at to pick an upstream for one request.
 // The proxy keeps it in its pooled per-request state, so passing it by
 // pointer costs no allocation.
@@ -30,7 +36,11 @@ type Selection struct {
 // Usable reports whether u may be picked for this selection: available and
 // not already tried by this request.
 func (s *Selection) Usable(u *Upstream) bool {
-	return u.Available() && !s.Tried.Has(u)
+	// Available spelled out, so that a policy pays one call per member.
+	if !u.Healthy() || u.MaxRequests > 0 && u.Inflight() >= int64(u.MaxRequests) {
+		return false
+	}
+	return s.Tried.n == 0 || !s.Tried.Has(u)
 }
 
 // Tried is a small set of upstreams that failed for one request, so a retry
