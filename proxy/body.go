@@ -25,14 +25,24 @@ var errBodyTooLarge = errors.New("request body too large")
 
 // init reads the body if it fits. It returns an error only when reading the
 // client's body failed (the client is gone or sent a broken body).
-func (b *requestBody) init(in, out *http.Request, limit int64) error {
+func (b *requestBody) init(in, out *http.Request, limit int64, info *informational) error {
 	if in.Body == nil || in.Body == http.NoBody || in.ContentLength == 0 && len(in.TransferEncoding) == 0 {
 		b.none = true
 		out.Body, out.ContentLength, out.GetBody = nil, 0, nil
 		return nil
 	}
 	announced := len(out.Trailer) > 0
-	if limit < 0 || in.ContentLength > limit || headerHasToken(in.Header, "Expect", "100-continue") {
+	if headerHasToken(in.Header, "Expect", "100-continue") {
+		b.stream = newStreamBody(in.Body, nil, in, out)
+		b.stream.info = info
+		// When the upstream answers without 100 Continue, the transport
+		// must not send the body anyway (it does on a connection it means
+		// to keep): that would upload what nobody wants and make net/http
+		// send the client a 100 next to the final answer.
+		out.Close = true
+		return nil
+	}
+	if limit < 0 || in.ContentLength > limit {
 		b.stream = newStreamBody(in.Body, nil, in, out)
 		return nil
 	}
@@ -160,6 +170,10 @@ type streamBody struct {
 	body    io.ReadCloser
 	read    atomic.Bool
 	in, out *http.Request
+	// info, for Expect: 100-continue requests, serialises net/http's
+	// automatic 100 with relayed 1xx (see informational.sendContinue).
+	info   *informational
+	primed bool // only the transport's body-writing goroutine reads this
 }
 
 func newStreamBody(body io.ReadCloser, prefix *sharedBuffer, in, out *http.Request) *streamBody {
@@ -177,6 +191,10 @@ func newStreamBody(body io.ReadCloser, prefix *sharedBuffer, in, out *http.Reque
 func (s *streamBody) started() bool { return s.read.Load() }
 
 func (s *streamBody) Read(p []byte) (int, error) {
+	if s.info != nil && !s.primed {
+		s.primed = true
+		s.info.sendContinue(s.body)
+	}
 	s.read.Store(true)
 	if s.pr.Len() > 0 {
 		return s.pr.Read(p)

@@ -19,6 +19,8 @@ func cloneRequest(ctx context.Context, in *http.Request) *http.Request {
 		// Send the path bytes exactly as the client did: URL.EscapedPath
 		// re-encodes anything it considers non-canonical.
 		u.Opaque, u.Path, u.RawPath = raw, "", ""
+	} else {
+		u.Opaque = "" // only origin-form paths are ever sent
 	}
 	out.URL = &u
 	if in.Header != nil {
@@ -34,22 +36,24 @@ func cloneRequest(ctx context.Context, in *http.Request) *http.Request {
 }
 
 // rawPath returns the path part of a request-target as received, or "" when
-// the URL's own encoding must be used (no request line, "*", or a path that
-// starts with "//", which a transport would read as an authority).
+// the URL's own encoding must be used (no request line, "*", an empty path,
+// or a path that starts with "//", which a transport would read as an
+// authority). Only origin-form and http(s) absolute-form targets get here
+// (see validTarget).
 func rawPath(requestURI string) string {
 	p := requestURI
 	if !strings.HasPrefix(p, "/") {
-		// absolute-form: scheme://authority/path?query
-		i := strings.Index(p, "://")
-		if i < 0 {
+		rest, ok := cutHTTPScheme(p)
+		if !ok {
 			return ""
 		}
-		p = p[i+3:]
-		j := strings.IndexByte(p, '/')
-		if j < 0 {
+		// The authority ends at the first '/' or '?' (no fragments in
+		// a request-target: net/http keeps '#' in the path, and so do we).
+		end := strings.IndexAny(rest, "/?")
+		if end < 0 || rest[end] != '/' {
 			return ""
 		}
-		p = p[j:]
+		p = rest[end:]
 	}
 	if q := strings.IndexByte(p, '?'); q >= 0 {
 		p = p[:q]
@@ -58,4 +62,36 @@ func rawPath(requestURI string) string {
 		return ""
 	}
 	return p
+}
+
+// cutHTTPScheme strips "http://" or "https://" (any case) from an
+// absolute-form target.
+func cutHTTPScheme(s string) (string, bool) {
+	for _, scheme := range [...]string{"http://", "https://"} {
+		if len(s) >= len(scheme) && strings.EqualFold(s[:len(scheme)], scheme) {
+			return s[len(scheme):], true
+		}
+	}
+	return "", false
+}
+
+// validTarget reports whether the request-target is a form a reverse proxy
+// forwards (RFC 9112 §3.2): origin-form, asterisk-form for OPTIONS, or
+// absolute-form with an http(s) scheme. Anything else ("A:0", "x:/p",
+// authority-form outside CONNECT) would be routed on one reading and sent
+// upstream on another, so it is refused.
+func validTarget(r *http.Request) bool {
+	t := r.RequestURI
+	switch {
+	case t == "":
+		return true // built in-process, not read off a connection
+	case t[0] == '/':
+		return true
+	case t == "*":
+		return r.Method == http.MethodOptions
+	case r.ProtoMajor >= 2:
+		return false // h2 :path is origin-form or "*"
+	}
+	_, ok := cutHTTPScheme(t)
+	return ok
 }

@@ -25,6 +25,10 @@ const StatusClientClosedRequest = 499
 
 // errUpstreamUpgrade is returned when the upstream switched to a protocol
 // other than the one the client asked for.
+var errBadTarget = errors.New("request-target is not origin-form, asterisk-form or http(s) absolute-form")
+
+var errBadStatus = errors.New("upstream sent a status outside 100-599")
+
 var errUpstreamUpgrade = errors.New("upstream switched to a protocol the client did not request")
 
 // failure classifies one failed attempt.

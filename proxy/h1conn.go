@@ -19,6 +19,7 @@ type h1conn struct {
 	bw   *bufio.Writer
 
 	read, written int64 // bytes through the socket, to tell "nothing sent/received"
+	readErr       error // last error from the socket; bufio may hide it behind a partial line
 	headerLimit   int64 // bytes still allowed while reading response headers; <0: no limit
 	idleSince     time.Time
 	reused        bool
@@ -41,6 +42,9 @@ func (c *h1conn) Read(p []byte) (int, error) {
 	}
 	n, err := c.nc.Read(p)
 	c.read += int64(n)
+	if err != nil {
+		c.readErr = err
+	}
 	if c.headerLimit >= 0 {
 		c.headerLimit -= int64(n)
 	}
@@ -114,7 +118,7 @@ func (t *Transport) getConn(ctx context.Context, addr string) (*h1conn, error) {
 // that have been idle too long.
 func (t *Transport) putConn(c *h1conn) {
 	c.idleSince = time.Now()
-	c.read, c.written = 0, 0
+	c.read, c.written, c.readErr = 0, 0, nil
 	t.mu.Lock()
 	if t.closed {
 		t.mu.Unlock()

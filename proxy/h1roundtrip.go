@@ -18,13 +18,13 @@ import (
 
 var (
 	errUnexpected101 = errors.New("upstream switched protocols without being asked")
-	errTooMany1xx    = errors.New("upstream sent too many 1xx responses")
 	// aLongTimeAgo is a deadline in the past: setting it aborts blocked I/O.
 	aLongTimeAgo = time.Unix(1, 0)
 )
 
-// max1xxResponses bounds the informational responses read before the final
-// one, so an upstream cannot keep us reading 1xx forever.
+// max1xxResponses is how many 1xx responses get a fresh header budget each;
+// after that, all further 1xx share one (MaxResponseHeaderBytes), so an
+// upstream cannot keep us reading 1xx forever.
 const max1xxResponses = 64
 
 // roundTripH1 sends req over a pooled connection and reads the response
@@ -104,20 +104,28 @@ func (t *Transport) exchange(ctx context.Context, c *h1conn, req *http.Request, 
 		var err error
 		res, err = http.ReadResponse(c.br, req)
 		if err != nil {
+			if c.readErr != nil && c.readErr != io.EOF {
+				// A deadline or reset cut a line short; bufio handed the
+				// parser the partial line. The socket error is the cause.
+				err = c.readErr
+			}
 			return fail(err)
+		}
+		if res.StatusCode < 100 || res.StatusCode > 599 {
+			return fail(errBadStatus)
 		}
 		if res.StatusCode >= 200 || res.StatusCode == http.StatusSwitchingProtocols {
 			break
 		}
-		if n >= max1xxResponses {
-			return fail(errTooMany1xx)
-		}
-		if trace != nil && trace.Got1xxResponse != nil {
+		// Past the cap, 1xx are still read (the final answer follows them)
+		// but no longer relayed, and their bytes count against one header
+		// budget, as net/http does for 1xx nobody looked at.
+		if n < max1xxResponses && trace != nil && trace.Got1xxResponse != nil {
 			if err := trace.Got1xxResponse(res.StatusCode, textproto.MIMEHeader(res.Header)); err != nil {
 				return fail(err)
 			}
+			c.headerLimit = t.opts.MaxResponseHeaderBytes
 		}
-		c.headerLimit = t.opts.MaxResponseHeaderBytes
 	}
 	c.headerLimit = -1
 	if t.opts.ResponseHeaderTimeout > 0 {

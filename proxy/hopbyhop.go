@@ -18,6 +18,7 @@ var hopHeaders = [...]string{
 	"Trailer", // the transport announces trailers itself
 	"Transfer-Encoding",
 	"Upgrade",
+	"Http2-Settings", // connection-specific by definition (RFC 7540 §3.2.1)
 }
 
 // removeHopByHop deletes the fixed hop-by-hop headers and every header named

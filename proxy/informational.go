@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"io"
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
@@ -21,6 +22,7 @@ type informational struct {
 	active   bool
 	w        http.ResponseWriter
 	expect   bool
+	http10   bool // RFC 9110 §15.2: no 1xx to an HTTP/1.0 client
 	trace    httptrace.ClientTrace
 	forwards int
 }
@@ -32,7 +34,19 @@ const maxForwarded1xx = 32
 func (g *informational) init(w http.ResponseWriter, in *http.Request) {
 	g.w = w
 	g.expect = headerHasToken(in.Header, "Expect", "100-continue")
+	g.http10 = !in.ProtoAtLeast(1, 1)
 	g.trace.Got1xxResponse = g.got
+}
+
+// sendContinue makes net/http write its automatic 100 Continue now, under
+// our lock. net/http writes it from whichever goroutine first reads the
+// body (the transport's writer), without the lock it uses for final
+// responses; a 103 relayed at the same moment would interleave with it.
+func (g *informational) sendContinue(body io.Reader) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var none [0]byte
+	_, _ = body.Read(none[:])
 }
 
 func (g *informational) setActive(on bool) {
@@ -42,7 +56,7 @@ func (g *informational) setActive(on bool) {
 }
 
 func (g *informational) got(code int, header textproto.MIMEHeader) error {
-	if code == http.StatusContinue && g.expect {
+	if code == http.StatusContinue && g.expect || g.http10 || code < 100 || code > 199 {
 		return nil
 	}
 	g.mu.Lock()

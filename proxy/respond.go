@@ -37,9 +37,11 @@ func (rt *roundTrip) respond(res *http.Response) {
 	rt.status = res.StatusCode
 	rt.w.WriteHeader(res.StatusCode)
 	announced := len(res.Trailer)
-	if announced > 0 {
-		// Send headers now so net/http does not compute a Content-Length
-		// for a short body, which would leave no room for trailers.
+	if announced > 0 || res.ContentLength == -1 && bodyAllowed(rt.in.Method, res.StatusCode) {
+		// Send the headers now: a stream's client sees them before the
+		// first event, and net/http cannot compute a Content-Length for a
+		// short body, which would leave no room for trailers (announced or
+		// not, we only learn of the latter at the end).
 		_ = http.NewResponseController(rt.w).Flush()
 	}
 
@@ -56,6 +58,10 @@ func (rt *roundTrip) releaseHeld(kind upstream.OutcomeKind, status int) {
 		rt.h.pool.Release(rt.held, upstream.Outcome{Kind: kind, Status: status, Latency: rt.ttfb})
 		rt.held = nil
 	}
+}
+
+func bodyAllowed(method string, status int) bool {
+	return method != http.MethodHead && status >= 200 && status != http.StatusNoContent && status != http.StatusNotModified
 }
 
 // copyResponseTrailers sets the trailers after the body: announced ones

@@ -50,10 +50,16 @@ func (rt *roundTrip) release() {
 func (rt *roundTrip) serve() {
 	h := rt.h
 	h.budget.deposit()
+	if !validTarget(rt.in) {
+		rt.status = http.StatusBadRequest
+		rt.err = errBadTarget
+		rt.writeError(rt.status)
+		return
+	}
 	rt.info.init(rt.w, rt.in)
 	rt.out = cloneRequest(httptrace.WithClientTrace(rt.in.Context(), &rt.info.trace), rt.in)
 	rt.prepare()
-	if err := rt.body.init(rt.in, rt.out, h.maxBuffer); err != nil {
+	if err := rt.body.init(rt.in, rt.out, h.maxBuffer, &rt.info); err != nil {
 		rt.badBody(err)
 		return
 	}
@@ -78,8 +84,9 @@ func (rt *roundTrip) serve() {
 		if f != failNoUpstream || last == 0 {
 			last, lastErr = f, err
 		}
+		pause := h.retry.backoff(rt.attempts)
 		if !rt.mayRetry(f) || rt.attempts > h.retry.Retries ||
-			!time.Now().Before(deadline) || !h.budget.withdraw() {
+			!time.Now().Add(pause).Before(deadline) || !h.budget.withdraw() {
 			if res != nil {
 				// Out of attempts on a retryable status: the client gets
 				// the upstream's answer as it was.
@@ -93,7 +100,7 @@ func (rt *roundTrip) serve() {
 			res.Body.Close()
 		}
 		h.log.LogAttrs(ctx, slogDebug, "retrying", attrErr(err), attrInt("attempt", rt.attempts))
-		if !wait(ctx, h.retry.backoff(rt.attempts)) {
+		if !wait(ctx, pause) {
 			rt.clientGone(ctx.Err())
 			return
 		}
@@ -155,6 +162,14 @@ func (rt *roundTrip) attempt() (*http.Response, failure, error) {
 		rt.sel.Tried.Add(up)
 		rt.up = up
 		return nil, f, err
+	}
+	if res.StatusCode < 100 || res.StatusCode > 599 {
+		// net/http panics on such a WriteHeader; the upstream is broken.
+		res.Body.Close()
+		h.pool.Release(up, upstream.Outcome{Kind: upstream.Failure, Latency: lat})
+		rt.sel.Tried.Add(up)
+		rt.up = up
+		return nil, failOther, errBadStatus
 	}
 	if h.retry.retryStatus(res.StatusCode) && res.StatusCode != http.StatusSwitchingProtocols {
 		h.pool.Release(up, upstream.Outcome{Kind: upstream.Ignored, Status: res.StatusCode, Latency: lat})

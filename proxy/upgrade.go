@@ -65,7 +65,12 @@ func (rt *roundTrip) switchProtocols(res *http.Response) {
 	}
 
 	t := &tunnel{client: client, backend: backConn}
-	rt.h.tunnels.add(t)
+	if !rt.h.tunnels.add(t) {
+		// The handler was closed while this upgrade was in flight.
+		t.close()
+		rt.releaseHeld(upstream.Ignored, res.StatusCode)
+		return
+	}
 	defer rt.h.tunnels.remove(t)
 	stopWatch := context.AfterFunc(rt.in.Context(), t.close)
 	defer stopWatch()
@@ -148,19 +153,25 @@ type onlyReader struct{ io.Reader }
 
 // tunnels tracks open upgraded connections so shutdown can close them.
 type tunnels struct {
-	mu  sync.Mutex
-	set map[*tunnel]struct{}
-	n   atomic.Int64
+	mu     sync.Mutex
+	set    map[*tunnel]struct{}
+	closed bool
+	n      atomic.Int64
 }
 
-func (ts *tunnels) add(t *tunnel) {
+// add registers t; it reports false once closeAll has run.
+func (ts *tunnels) add(t *tunnel) bool {
 	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	if ts.closed {
+		return false
+	}
 	if ts.set == nil {
 		ts.set = make(map[*tunnel]struct{})
 	}
 	ts.set[t] = struct{}{}
-	ts.mu.Unlock()
 	ts.n.Add(1)
+	return true
 }
 
 func (ts *tunnels) remove(t *tunnel) {
@@ -175,6 +186,7 @@ func (ts *tunnels) count() int { return int(ts.n.Load()) }
 func (ts *tunnels) closeAll() {
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
+	ts.closed = true
 	for t := range ts.set {
 		t.close()
 	}
