@@ -19,6 +19,15 @@ type requestBody struct {
 	buffered *sharedBuffer // non-nil when replayable from memory
 	stream   *streamBody   // non-nil when streaming
 	none     bool          // no body at all
+	size     int64         // bytes read from the client while buffering
+}
+
+// bytesRead is how many body bytes were read from the client so far.
+func (b *requestBody) bytesRead() int64 {
+	if b.stream != nil {
+		return b.stream.n.Load()
+	}
+	return b.size
 }
 
 var errBodyTooLarge = errors.New("request body too large")
@@ -59,9 +68,11 @@ func (b *requestBody) init(in, out *http.Request, limit int64, info *information
 	if n > limit {
 		// Too large after all (chunked): send what we read, then the rest.
 		b.stream = newStreamBody(in.Body, sb, in, out)
+		b.stream.n.Store(n)
 		return nil
 	}
 	b.buffered = sb
+	b.size = n
 	if announced {
 		// Trailers arrived with the end of the body; keep chunked framing
 		// so the transport can send them.
@@ -169,6 +180,7 @@ type streamBody struct {
 	pr      bytes.Reader
 	body    io.ReadCloser
 	read    atomic.Bool
+	n       atomic.Int64 // bytes read from the client
 	in, out *http.Request
 	// info, for Expect: 100-continue requests, serialises net/http's
 	// automatic 100 with relayed 1xx (see informational.sendContinue).
@@ -200,6 +212,7 @@ func (s *streamBody) Read(p []byte) (int, error) {
 		return s.pr.Read(p)
 	}
 	n, err := s.body.Read(p)
+	s.n.Add(int64(n))
 	if err == io.EOF && len(s.out.Trailer) > 0 {
 		// The client's trailers are known now; the transport writes
 		// out.Trailer after it sees EOF.

@@ -27,6 +27,8 @@ const StatusClientClosedRequest = 499
 // other than the one the client asked for.
 var errBadTarget = errors.New("request-target is not origin-form, asterisk-form or http(s) absolute-form")
 
+var errPanic = errors.New("panic while serving the request")
+
 var errBadStatus = errors.New("upstream sent a status outside 100-599")
 
 var errUpstreamUpgrade = errors.New("upstream switched to a protocol the client did not request")
@@ -35,10 +37,11 @@ var errUpstreamUpgrade = errors.New("upstream switched to a protocol the client 
 type failure uint8
 
 const (
-	failDial    failure = iota + 1 // nothing was sent
-	failTimeout                    // upstream too slow
-	failOther                      // reset, EOF, protocol error after sending
-	failClient                     // the client went away
+	failDial        failure = iota + 1 // nothing was sent
+	failDialTimeout                    // nothing was sent: connecting timed out
+	failTimeout                        // upstream too slow
+	failOther                          // reset, EOF, protocol error after sending
+	failClient                         // the client went away
 	failNoUpstream
 )
 
@@ -50,6 +53,9 @@ func classify(err error, clientCtx context.Context) failure {
 	case clientCtx.Err() != nil:
 		return failClient
 	case errors.As(err, &de):
+		if isTimeout(de.Err) {
+			return failDialTimeout
+		}
 		return failDial
 	case isTimeout(err):
 		return failTimeout
@@ -70,7 +76,7 @@ func statusFor(f failure) int {
 	switch f {
 	case failNoUpstream:
 		return http.StatusServiceUnavailable
-	case failTimeout:
+	case failTimeout, failDialTimeout:
 		return http.StatusGatewayTimeout
 	case failClient:
 		return StatusClientClosedRequest

@@ -111,7 +111,7 @@ func rightmostUntrusted(h *Handler, chain []string, peer netip.Addr) netip.Addr 
 			if err != nil {
 				return peer // garbage in the chain: trust nothing left of it
 			}
-			ip = ip.Unmap()
+			ip = ip.Unmap().WithZone("")
 			if !h.trustedPeer(ip) {
 				return ip
 			}

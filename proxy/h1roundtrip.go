@@ -96,6 +96,12 @@ func (t *Transport) exchange(ctx context.Context, c *h1conn, req *http.Request, 
 
 	if d := t.opts.ResponseHeaderTimeout; d > 0 {
 		c.nc.SetReadDeadline(time.Now().Add(d))
+		// The cancel callback sets a past deadline; if it ran before the
+		// line above, we just overwrote it. ctx.Err is set before the
+		// callback runs, so checking after setting cannot miss it.
+		if ctx.Err() != nil {
+			return fail(ctx.Err())
+		}
 	}
 	c.headerLimit = t.opts.MaxResponseHeaderBytes
 	trace := httptrace.ContextClientTrace(ctx)
@@ -130,6 +136,10 @@ func (t *Transport) exchange(ctx context.Context, c *h1conn, req *http.Request, 
 	c.headerLimit = -1
 	if t.opts.ResponseHeaderTimeout > 0 {
 		c.nc.SetReadDeadline(time.Time{})
+		if ctx.Err() != nil { // as above
+			res.Body.Close()
+			return fail(ctx.Err())
+		}
 	}
 	if res.StatusCode == http.StatusSwitchingProtocols {
 		return fail(errUnexpected101)

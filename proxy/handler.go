@@ -162,14 +162,8 @@ func (h *Handler) Tunnels() int { return h.tunnels.count() }
 // ServeHTTP forwards r upstream and copies the answer to w.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rt := newRoundTrip(h, w, r)
+	defer rt.finish()
 	rt.serve()
-	abort := rt.abort
-	rt.release()
-	if abort {
-		// The client already has headers; a clean end would make a
-		// truncated body look complete.
-		panic(http.ErrAbortHandler)
-	}
 }
 
 // bufPool holds the 32 KiB buffers used to copy bodies and tunnels.

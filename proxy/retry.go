@@ -26,8 +26,8 @@ type RetryPolicy struct {
 	// first. No new attempt starts after it. Default 10s.
 	TryDuration time.Duration
 	// Backoff is the base of the exponential backoff between attempts; the
-	// wait before retry n is uniformly random in [0, min(BackoffMax,
-	// Backoff*2^n)) ("full jitter"). Default 10ms.
+	// wait before retry n (n = 1, 2, ...) is uniformly random in
+	// [0, min(BackoffMax, Backoff*2^(n-1))) ("full jitter"). Default 10ms.
 	Backoff time.Duration
 	// BackoffMax caps the wait. Default 1s.
 	BackoffMax time.Duration

@@ -41,9 +41,28 @@ func newRoundTrip(h *Handler, w http.ResponseWriter, r *http.Request) *roundTrip
 	return rt
 }
 
-func (rt *roundTrip) release() {
+// finish runs however serve ended, a panic included (a ResponseWriter of an
+// outer handler may panic): the upstream is released, the body buffer
+// recycled and the access line written. A truncated response is then
+// aborted: the client already has headers, and a clean end would make the
+// body look complete.
+func (rt *roundTrip) finish() {
+	p := recover()
+	if p != nil {
+		rt.abort = true
+		if rt.err == nil {
+			rt.err = errPanic
+		}
+	}
+	rt.releaseHeld(upstream.Ignored, rt.status)
 	rt.body.release()
 	rt.logAccess()
+	if p != nil {
+		panic(p)
+	}
+	if rt.abort {
+		panic(http.ErrAbortHandler)
+	}
 }
 
 // serve runs the attempt loop and delivers the outcome.
@@ -113,7 +132,7 @@ const failRetryStatus failure = 100
 // mayRetry applies the fixed safety rules to one failure.
 func (rt *roundTrip) mayRetry(f failure) bool {
 	switch f {
-	case failDial:
+	case failDial, failDialTimeout:
 		return rt.body.unsent()
 	case failNoUpstream:
 		return true // an upstream may come back (health, max_requests)

@@ -3,16 +3,19 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
 // TransportOptions tune the upstream transport. Zero values mean defaults.
 type TransportOptions struct {
 	DialTimeout             time.Duration // default 3s
-	ResponseHeaderTimeout   time.Duration // 0: no limit (slow upstreams are cut by the client or try duration)
+	ResponseHeaderTimeout   time.Duration // default 60s (nginx's proxy_read_timeout); negative: no limit
 	ExpectContinueTimeout   time.Duration // default 1s
 	IdleConnTimeout         time.Duration // default 90s; keep below the upstreams' own keep-alive
 	MaxIdleConnsPerHost     int           // default 128
@@ -51,6 +54,12 @@ func NewTransport(o TransportOptions) *Transport {
 	}
 	if o.DialTimeout <= 0 {
 		o.DialTimeout = 3 * time.Second
+	}
+	switch {
+	case o.ResponseHeaderTimeout == 0:
+		o.ResponseHeaderTimeout = 60 * time.Second
+	case o.ResponseHeaderTimeout < 0:
+		o.ResponseHeaderTimeout = 0
 	}
 	if o.ExpectContinueTimeout <= 0 {
 		o.ExpectContinueTimeout = time.Second
@@ -104,7 +113,24 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if body, ok := t.synchronous(req); ok {
 		return t.roundTripH1(req, body)
 	}
-	return t.std.RoundTrip(req)
+	return t.roundTripStd(req)
+}
+
+// roundTripStd uses net/http's Transport. It does the TLS handshake (and
+// proxy CONNECT) outside DialContext, so those failures would not be
+// *DialError; a trace tells us whether a connection was ever had, and
+// without one nothing was sent.
+func (t *Transport) roundTripStd(req *http.Request) (*http.Response, error) {
+	var gotConn atomic.Bool
+	trace := &httptrace.ClientTrace{GotConn: func(httptrace.GotConnInfo) { gotConn.Store(true) }}
+	res, err := t.std.RoundTrip(req.WithContext(httptrace.WithClientTrace(req.Context(), trace)))
+	if err != nil && !gotConn.Load() && req.Context().Err() == nil {
+		var de *DialError
+		if !errors.As(err, &de) {
+			err = &DialError{Addr: req.URL.Host, Err: err}
+		}
+	}
+	return res, err
 }
 
 // maxSyncBody is the largest in-memory body written on the calling goroutine
