@@ -1,0 +1,361 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// syncBuffer is a bytes.Buffer safe for the server's goroutines to write
+// while the test reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func runCmd(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errb syncBuffer
+	code = run(context.Background(), args, env{stdout: &out, stderr: &errb})
+	return code, out.String(), errb.String()
+}
+
+func TestRunExitCodesAndMessages(t *testing.T) {
+	tests := []struct {
+		args       []string
+		code       int
+		stdout     string // substring
+		stderr     string // exact
+		stderrPart string // substring
+	}{
+		{args: nil, code: 2, stderrPart: "Usage:"},
+		{args: []string{"help"}, code: 0, stdout: "sluice proxy --to HOST:PORT"},
+		{args: []string{"--help"}, code: 0, stdout: "Usage:"},
+		{args: []string{"help", "proxy"}, code: 0, stdout: "--max-request-buffer BYTES"},
+		{args: []string{"help", "demo"}, code: 0, stdout: "--self-test"},
+		{args: []string{"help", "nope"}, code: 2, stderrPart: `unknown command "nope"`},
+		{args: []string{"version"}, code: 0, stdout: "sluice dev (go1."},
+		{args: []string{"version", "--help"}, code: 0, stdout: "Usage: sluice version"},
+		{args: []string{"version", "x"}, code: 2, stderr: "sluice version: unexpected argument \"x\"\nRun 'sluice version --help' for usage.\n"},
+		{args: []string{"proxy", "--help"}, code: 0, stdout: "Usage: sluice proxy"},
+		{args: []string{"proxy", "--to", "a:1", "--retries", "x"}, code: 2,
+			stderr: "sluice proxy: --retries \"x\": want a whole number >= 0\nRun 'sluice proxy --help' for usage.\n"},
+		{args: []string{"proxy"}, code: 2,
+			stderr: "sluice proxy: --to is required: give at least one upstream, e.g. --to 127.0.0.1:9000\nRun 'sluice proxy --help' for usage.\n"},
+		{args: []string{"demo", "--from", "x"}, code: 2,
+			stderr: "sluice demo: --from \"x\": want host:port to listen on, such as :8080 or 127.0.0.1:8080\nRun 'sluice demo --help' for usage.\n"},
+		{args: []string{"demo", "--self-test=perhaps"}, code: 2,
+			stderr: "sluice demo: --self-test \"perhaps\": want true or false (or just --self-test)\nRun 'sluice demo --help' for usage.\n"},
+		{args: []string{"demo", "-h"}, code: 0, stdout: "Usage: sluice demo"},
+		{args: []string{"serve"}, code: 2,
+			stderr: "sluice: unknown command \"serve\"; commands are proxy, demo, version and help\nRun 'sluice help' for usage.\n"},
+		{args: []string{"--to", "a:1"}, code: 2, stderrPart: "--to needs a command before it, e.g. sluice proxy --to"},
+	}
+	for _, tc := range tests {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			code, stdout, stderr := runCmd(t, tc.args...)
+			if code != tc.code {
+				t.Errorf("exit %d, want %d; stderr %q", code, tc.code, stderr)
+			}
+			if !strings.Contains(stdout, tc.stdout) {
+				t.Errorf("stdout %q does not contain %q", stdout, tc.stdout)
+			}
+			if tc.stderr != "" && stderr != tc.stderr {
+				t.Errorf("stderr\n got %q\nwant %q", stderr, tc.stderr)
+			}
+			if !strings.Contains(stderr, tc.stderrPart) {
+				t.Errorf("stderr %q does not contain %q", stderr, tc.stderrPart)
+			}
+		})
+	}
+}
+
+func TestProxyHelpListsEveryFlag(t *testing.T) {
+	_, stdout, _ := runCmd(t, "proxy", "--help")
+	for _, f := range proxyFlags {
+		if !strings.Contains(stdout, "--"+f.name+" ") && !strings.Contains(stdout, "--"+f.name+"\n") {
+			t.Errorf("--help does not list --%s", f.name)
+		}
+	}
+}
+
+// TestDocsListEveryFlag keeps README.md and docs/cli.md in step with the
+// flags the command accepts.
+func TestDocsListEveryFlag(t *testing.T) {
+	for _, doc := range []string{"../../README.md", "../../docs/cli.md"} {
+		b, err := os.ReadFile(doc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range proxyFlags {
+			if !strings.Contains(string(b), "`--"+f.name) {
+				t.Errorf("%s does not document --%s", doc, f.name)
+			}
+		}
+		for _, p := range lbPolicyNames() {
+			if !strings.Contains(string(b), "`"+p+"`") {
+				t.Errorf("%s does not list --lb-policy %s", doc, p)
+			}
+		}
+	}
+}
+
+// startProxy runs `sluice proxy` in-process on a free loopback port and
+// returns its address and a function that stops it and returns the exit
+// status.
+func startProxy(t *testing.T, stdout io.Writer, args ...string) (string, func() int) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	addrc := make(chan net.Addr, 1)
+	done := make(chan int, 1)
+	var stderr syncBuffer
+	e := env{stdout: stdout, stderr: &stderr, ready: func(a net.Addr) { addrc <- a }}
+	go func() {
+		done <- run(ctx, append([]string{"proxy", "--from", "127.0.0.1:0"}, args...), e)
+	}()
+	var addr string
+	select {
+	case a := <-addrc:
+		addr = a.String()
+	case code := <-done:
+		cancel()
+		t.Fatalf("proxy exited with %d before listening: %s", code, stderr.String())
+	case <-time.After(10 * time.Second):
+		cancel()
+		t.Fatal("proxy did not start listening within 10s")
+	}
+	var once sync.Once
+	code := -1
+	stop := func() int {
+		once.Do(func() {
+			cancel()
+			select {
+			case code = <-done:
+			case <-time.After(20 * time.Second):
+				t.Error("proxy did not stop within 20s")
+			}
+			if code != 0 {
+				t.Logf("proxy stderr: %s", stderr.String())
+			}
+		})
+		return code
+	}
+	t.Cleanup(func() { stop() })
+	return addr, stop
+}
+
+func TestProxyEndToEnd(t *testing.T) {
+	be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Server", "backend")
+		io.WriteString(w, "hello "+r.URL.RequestURI()+" env="+r.Header.Get("X-Env")+" xff="+r.Header.Get("X-Forwarded-For"))
+	}))
+	defer be.Close()
+	var access syncBuffer
+	addr, stop := startProxy(t, &access, "--to", be.URL, "--access-log", "-",
+		"--header-up", "X-Env: test", "--header-down", "-Server")
+
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	res, err := c.Get("http://" + addr + "/path?q=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != 200 || string(body) != "hello /path?q=1 env=test xff=127.0.0.1" {
+		t.Fatalf("got %d %q", res.StatusCode, body)
+	}
+	if s := res.Header.Get("Server"); s != "" {
+		t.Fatalf("--header-down -Server left Server: %q", s)
+	}
+	tr.CloseIdleConnections()
+	if code := stop(); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+
+	// One JSON access line with the documented fields.
+	sc := bufio.NewScanner(strings.NewReader(access.String()))
+	if !sc.Scan() {
+		t.Fatal("no access line")
+	}
+	var line map[string]any
+	if err := json.Unmarshal(sc.Bytes(), &line); err != nil {
+		t.Fatalf("access line %q: %v", sc.Text(), err)
+	}
+	for _, k := range []string{"time", "level", "msg", "method", "uri", "status", "upstream", "attempts", "bytes_in", "bytes_out", "duration", "upstream_latency"} {
+		if _, ok := line[k]; !ok {
+			t.Errorf("access line lacks %q: %s", k, sc.Text())
+		}
+	}
+	if line["uri"] != "/path?q=1" || line["status"] != float64(200) || line["upstream"] != strings.TrimPrefix(be.URL, "http://") {
+		t.Errorf("access line %s", sc.Text())
+	}
+}
+
+func TestProxyEndToEndRetryAndH2C(t *testing.T) {
+	be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "up")
+	}))
+	defer be.Close()
+	// A port nobody listens on: attempts there fail to dial and are retried.
+	dead, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadAddr := dead.Addr().String()
+	dead.Close()
+
+	logFile := filepath.Join(t.TempDir(), "access.log")
+	addr, stop := startProxy(t, io.Discard, "--to", deadAddr, "--to", be.URL, "--h2c", "--access-log", logFile)
+
+	tr := &http.Transport{}
+	tr.Protocols = new(http.Protocols)
+	tr.Protocols.SetUnencryptedHTTP2(true)
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	for i := range 4 {
+		res, err := c.Get("http://" + addr + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != 200 || string(b) != "up" || res.ProtoMajor != 2 {
+			t.Fatalf("request %d: %d %s %q", i, res.StatusCode, res.Proto, b)
+		}
+	}
+	tr.CloseIdleConnections()
+	if code := stop(); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	log, err := os.ReadFile(logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(log), "\n"); n != 4 {
+		t.Fatalf("%d access lines in the file, want 4:\n%s", n, log)
+	}
+	if !strings.Contains(string(log), `"attempts":2`) || !strings.Contains(string(log), `"proto":"HTTP/2.0"`) {
+		t.Fatalf("want a retried request over HTTP/2 in the log:\n%s", log)
+	}
+}
+
+func TestProxyListenError(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	code, _, stderr := runCmd(t, "proxy", "--from", ln.Addr().String(), "--to", "127.0.0.1:9")
+	if code != 1 || !strings.Contains(stderr, "sluice proxy: listen on "+ln.Addr().String()+": address already in use") {
+		t.Fatalf("exit %d, stderr %q", code, stderr)
+	}
+}
+
+func TestProxyTLSFileError(t *testing.T) {
+	code, _, stderr := runCmd(t, "proxy", "--from", "127.0.0.1:0", "--to", "127.0.0.1:9",
+		"--tls-cert", "/nonexistent/cert.pem", "--tls-key", "/nonexistent/key.pem")
+	if code != 1 || !strings.Contains(stderr, "/nonexistent/cert.pem") {
+		t.Fatalf("exit %d, stderr %q", code, stderr)
+	}
+}
+
+func TestDemoSelfTest(t *testing.T) {
+	code, stdout, stderr := runCmd(t, "demo", "--self-test")
+	if code != 0 || !strings.Contains(stdout, "self-test: all 5 steps passed") {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+}
+
+func TestDemoPortBusy(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	code, _, stderr := runCmd(t, "demo", "--from", ln.Addr().String())
+	want := "sluice demo: " + ln.Addr().String() + " is already in use; pick another address, e.g. sluice demo --from 127.0.0.1:8081\n"
+	if code != 1 || stderr != want {
+		t.Fatalf("exit %d, stderr %q", code, stderr)
+	}
+}
+
+func TestDemoRunsUntilCancelled(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var out, errb syncBuffer
+	addrc := make(chan net.Addr, 1)
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"demo", "--from", "127.0.0.1:0"}, env{stdout: &out, stderr: &errb, ready: func(a net.Addr) { addrc <- a }})
+	}()
+	var addr net.Addr
+	select {
+	case addr = <-addrc:
+	case <-time.After(10 * time.Second):
+		cancel()
+		t.Fatal("demo did not start")
+	}
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	res, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("http://" + addr.String() + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	tr.CloseIdleConnections()
+	// A WebSocket open at shutdown is closed by it (proxy.Handler.Close).
+	ws, br, err := wsDial(addr.String(), "/ws", 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	cancel()
+	ws.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, _, _, err := wsRead(br, false); err == nil {
+		t.Fatal("read a frame from a WebSocket nobody wrote to")
+	} else if errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatal("WebSocket still open 10s after shutdown began")
+	}
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Fatalf("exit %d: %s", code, errb.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("demo did not stop")
+	}
+	for _, want := range []string{"for i in 1 2 3; do curl -s http://" + addr.String() + "/; done", "curl -N http://", "Sec-WebSocket-Key", "/backends/backend-2/stop", "msg=access"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("demo output lacks %q:\n%s", want, out.String())
+		}
+	}
+}

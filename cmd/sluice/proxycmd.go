@@ -1,0 +1,163 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+
+	"github.com/sluiceproxy/sluice/internal/server"
+	"github.com/sluiceproxy/sluice/proxy"
+	"github.com/sluiceproxy/sluice/upstream"
+)
+
+// env is what a command may touch of the outside world.
+type env struct {
+	stdout, stderr io.Writer
+	// ready, when set, is called with the listening address once the
+	// listener is open (tests listen on 127.0.0.1:0).
+	ready func(net.Addr)
+}
+
+// runProxy serves `sluice proxy` until ctx ends.
+func runProxy(ctx context.Context, o proxyOptions, e env) error {
+	log := newLogger(e.stderr, o.LogFormat, o.LogLevel)
+	var access *slog.Logger
+	if o.AccessLog != "" {
+		w := e.stdout
+		if o.AccessLog != "-" {
+			f, err := os.OpenFile(o.AccessLog, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+			if err != nil {
+				return fmt.Errorf("--access-log: %w", err)
+			}
+			defer f.Close()
+			w = f
+		}
+		access = slog.New(slog.NewJSONHandler(w, nil))
+	}
+	cfg, tr, err := o.toConfig(log, access)
+	if err != nil {
+		return err
+	}
+	defer tr.CloseIdleConnections()
+	defer cfg.Upstreams.Close() // stops health checkers
+	h, err := proxy.New(cfg)
+	if err != nil {
+		return err
+	}
+	ln, err := server.Listen(o.From)
+	if err != nil {
+		h.Close()
+		return err
+	}
+	if e.ready != nil {
+		e.ready(ln.Addr())
+	}
+	log.Info("proxying", "to", o.targetList(), "lb_policy", o.LBPolicy)
+	return server.Serve(ctx, ln, h, o.serverOptions(log))
+}
+
+// idleCloser is the part of the transport the command uses after serving.
+type idleCloser interface{ CloseIdleConnections() }
+
+// toConfig maps the command line to the library's configuration. The
+// transport is returned so the caller can close its idle connections
+// (proxy.Handler.Close only does that for a transport it made itself).
+func (o proxyOptions) toConfig(log, access *slog.Logger) (proxy.Config, idleCloser, error) {
+	policy, err := newPolicy(o.LBPolicy)
+	if err != nil {
+		return proxy.Config{}, nil, &usageError{"proxy", fmt.Sprintf("--lb-policy %q: %v", o.LBPolicy, err)}
+	}
+	ups := make([]*upstream.Upstream, len(o.To))
+	for i, t := range o.To {
+		ups[i] = upstream.New(t.Addr)
+		ups[i].Scheme = t.Scheme
+		ups[i].MaxRequests = o.MaxRequests
+	}
+	rht := o.ResponseHeaderTimeout
+	if rht == 0 {
+		rht = -1 // none, in the library's terms
+	}
+	tr := proxy.NewTransport(proxy.TransportOptions{
+		DialTimeout:           o.DialTimeout,
+		ResponseHeaderTimeout: rht,
+	})
+	pc := upstream.PoolConfig{
+		Policy:       policy,
+		Upstreams:    ups,
+		SlowStart:    o.SlowStart,
+		QueueTimeout: o.QueueTimeout,
+	}
+	if o.HealthURI != "" {
+		status, _ := upstream.ParseStatuses(strings.Split(o.HealthStatus, ",")...) // checked by the flag
+		pc.Active = &upstream.ActiveHealth{
+			Path:         o.HealthURI,
+			Interval:     o.HealthInterval,
+			Timeout:      o.HealthTimeout,
+			ExpectStatus: status,
+			Transport:    tr, // checks see the same dial and TLS settings as traffic
+		}
+	}
+	if o.MaxFails > 0 {
+		pc.Passive = &upstream.PassiveHealth{
+			MaxFails:     o.MaxFails,
+			FailWindow:   o.FailDuration,
+			FailDuration: o.FailDuration,
+		}
+	}
+	pool, err := upstream.NewPoolWith(pc)
+	if err != nil {
+		return proxy.Config{}, nil, &usageError{"proxy", err.Error()}
+	}
+	cfg := proxy.Config{
+		Upstreams:        pool,
+		Transport:        tr,
+		Retry:            proxy.RetryPolicy{Retries: o.Retries, TryDuration: o.TryDuration, Statuses: o.RetryStatuses},
+		MaxRequestBuffer: o.MaxRequestBuffer,
+		FlushInterval:    o.FlushInterval,
+		TrustedProxies:   o.TrustedProxies,
+		HeaderUp:         o.HeaderUp,
+		HeaderDown:       o.HeaderDown,
+		Logger:           log,
+		AccessLog:        access,
+	}
+	// The library reads zero as "default"; on the command line zero means
+	// none.
+	if o.Retries == 0 {
+		cfg.Retry.Retries = -1
+	}
+	if o.MaxRequestBuffer == 0 {
+		cfg.MaxRequestBuffer = -1
+	}
+	return cfg, tr, nil
+}
+
+func (o proxyOptions) serverOptions(log *slog.Logger) server.Options {
+	return server.Options{
+		TLSCert:        o.TLSCert,
+		TLSKey:         o.TLSKey,
+		H2C:            o.H2C,
+		MaxHeaderBytes: o.MaxHeaderBytes,
+		Logger:         log,
+	}
+}
+
+func (o proxyOptions) targetList() string {
+	s := make([]string, len(o.To))
+	for i, t := range o.To {
+		s[i] = t.Scheme + "://" + t.Addr
+	}
+	return strings.Join(s, " ")
+}
+
+// newLogger returns the process logger: text or JSON on w.
+func newLogger(w io.Writer, format string, level slog.Level) *slog.Logger {
+	ho := &slog.HandlerOptions{Level: level}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, ho))
+	}
+	return slog.New(slog.NewTextHandler(w, ho))
+}
