@@ -56,6 +56,7 @@ type proxyOptions struct {
 	TrustedProxies        []netip.Prefix
 	HeaderUp, HeaderDown  []proxy.HeaderRule
 	AccessLog             string // "" off, "-" stdout, else a file
+	AccessLogBuffer       int64  // bytes; 0 = one write per line
 	LogFormat             string // json or text
 	LogLevel              slog.Level
 	TLSCert, TLSKey       string
@@ -88,6 +89,7 @@ func defaultProxyOptions() proxyOptions {
 		// nginx's defaults (proxy_read_timeout 60s; max_fails/fail_timeout
 		// on) with a little more patience before ejecting.
 		ResponseHeaderTimeout: 60 * time.Second,
+		AccessLogBuffer:       64 << 10,
 		HealthInterval:        10 * time.Second,
 		HealthTimeout:         5 * time.Second,
 		HealthStatus:          "2xx",
@@ -227,6 +229,15 @@ var proxyFlags = []flagSpec{
 				return errors.New("want a file path, or - for standard output")
 			}
 			o.AccessLog = s
+			return nil
+		}},
+	{"access-log-buffer", "BYTES", "64KiB", "batch access-log lines up to this size, written at least every second and at exit (0 = write each line at once)",
+		func(o *proxyOptions, s string) error {
+			n, err := parseBytes(s)
+			if err != nil || n > 64<<20 {
+				return errors.New("want a size in bytes from 0 to 64MiB such as 64KiB (0 = no buffering)")
+			}
+			o.AccessLogBuffer = n
 			return nil
 		}},
 	{"log-format", "FORMAT", "text", "format of the process log on standard error: json or text",

@@ -36,6 +36,11 @@ func runProxy(ctx context.Context, o proxyOptions, e env) error {
 			defer f.Close()
 			w = f
 		}
+		if o.AccessLogBuffer > 0 {
+			bl := newBufferedLog(w, int(o.AccessLogBuffer))
+			defer bl.Close() // before the file closes: defers run last-in first-out
+			w = bl
+		}
 		access = slog.New(slog.NewJSONHandler(w, nil))
 	}
 	cfg, tr, err := o.toConfig(log, access)
