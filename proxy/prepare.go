@@ -22,7 +22,8 @@ func (rt *roundTrip) prepare() {
 	if keepTE {
 		out.Header["Te"] = teTrailersValue
 	}
-	if upgrade != "" && h.upgradeAllowed(upgrade) {
+	// Upgrade means nothing from an HTTP/1.0 client (RFC 9110 §7.8).
+	if upgrade != "" && in.ProtoAtLeast(1, 1) && h.upgradeAllowed(upgrade) {
 		out.Header["Connection"] = connUpgrade
 		out.Header["Upgrade"] = []string{upgrade}
 		rt.upgrade = upgrade
