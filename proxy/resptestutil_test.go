@@ -7,7 +7,6 @@ package proxy_test
 import (
 	"bufio"
 	"bytes"
-	"crypto/sha1"
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
@@ -27,6 +26,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluiceproxy/sluice/internal/wsframe"
 	"github.com/sluiceproxy/sluice/proxy"
 	"github.com/sluiceproxy/sluice/upstream"
 )
@@ -287,100 +287,29 @@ func respReadBody(br *bufio.Reader, h respHead, head bool) (body []byte, trailer
 	return body[:m], nil, err
 }
 
-// --- minimal RFC 6455 WebSocket, enough for an echo test ---
-
-const wsGUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+// --- WebSocket, enough for an echo test (frames from internal/wsframe) ---
 
 const (
-	wsOpText  = 0x1
-	wsOpBin   = 0x2
-	wsOpClose = 0x8
+	wsOpText  = wsframe.OpText
+	wsOpBin   = wsframe.OpBinary
+	wsOpClose = wsframe.OpClose
 )
 
-func wsAccept(key string) string {
-	h := sha1.Sum([]byte(key + wsGUID))
-	return base64.StdEncoding.EncodeToString(h[:])
-}
+func wsAccept(key string) string { return wsframe.Accept(key) }
 
 // wsWriteFrame writes one final frame; client frames must be masked.
 func wsWriteFrame(w io.Writer, op byte, payload []byte, mask bool) error {
-	hdr := make([]byte, 2, 14)
-	hdr[0] = 0x80 | op
-	n := len(payload)
-	switch {
-	case n <= 125:
-		hdr[1] = byte(n)
-	case n <= 0xFFFF:
-		hdr[1] = 126
-		hdr = binary.BigEndian.AppendUint16(hdr, uint16(n))
-	default:
-		hdr[1] = 127
-		hdr = binary.BigEndian.AppendUint64(hdr, uint64(n))
-	}
-	data := payload
-	if mask {
-		hdr[1] |= 0x80
-		var key [4]byte
-		binary.LittleEndian.PutUint32(key[:], rand.Uint32())
-		hdr = append(hdr, key[:]...)
-		data = make([]byte, n)
-		for i := range payload {
-			data[i] = payload[i] ^ key[i%4]
-		}
-	}
-	_, err := w.Write(append(hdr, data...))
-	return err
+	return wsframe.Write(w, op, true, payload, mask)
 }
 
-// wsReadFrame reads one frame. wantMasked says whether the frame must be
-// masked (frames to a server) or must not be (frames to a client).
+// wsReadFrame reads one final frame. wantMasked says whether the frame must
+// be masked (frames to a server) or must not be (frames to a client).
 func wsReadFrame(r io.Reader, wantMasked bool) (op byte, payload []byte, err error) {
-	var h [2]byte
-	if _, err = io.ReadFull(r, h[:]); err != nil {
-		return 0, nil, err
+	f, err := wsframe.Read(r, wantMasked, 16<<20)
+	if err == nil && !f.Fin {
+		err = errors.New("ws: fragmented frame not supported by this test client")
 	}
-	if h[0]&0x80 == 0 {
-		return 0, nil, errors.New("ws: fragmented frame not supported by this test client")
-	}
-	op = h[0] & 0x0F
-	masked := h[1]&0x80 != 0
-	if masked != wantMasked {
-		return 0, nil, fmt.Errorf("ws: frame masked=%v, want %v", masked, wantMasked)
-	}
-	n := uint64(h[1] & 0x7F)
-	switch n {
-	case 126:
-		var b [2]byte
-		if _, err = io.ReadFull(r, b[:]); err != nil {
-			return 0, nil, err
-		}
-		n = uint64(binary.BigEndian.Uint16(b[:]))
-	case 127:
-		var b [8]byte
-		if _, err = io.ReadFull(r, b[:]); err != nil {
-			return 0, nil, err
-		}
-		n = binary.BigEndian.Uint64(b[:])
-	}
-	if n > 16<<20 {
-		return 0, nil, fmt.Errorf("ws: frame of %d bytes too large", n)
-	}
-	var key [4]byte
-	if masked {
-		if _, err = io.ReadFull(r, key[:]); err != nil {
-			return 0, nil, err
-		}
-	}
-	payload = make([]byte, n)
-	if _, err = io.ReadFull(r, payload); err != nil {
-		return 0, nil, err
-	}
-	if masked {
-		for i := range payload {
-			payload[i] ^= key[i%4]
-		}
-	}
-	return op, payload, nil
+	return f.Op, f.Payload, err
 }
 
 // wsEchoServer is an upstream that accepts WebSocket upgrades and echoes

@@ -9,6 +9,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/sluiceproxy/sluice/internal/wsframe"
 )
 
 // selfTest walks the tour against the running demo and prints one line per
@@ -128,18 +130,18 @@ func (d *demo) stepWS() (string, error) {
 	}
 	defer conn.Close()
 	msg := "hello through sluice"
-	if err := wsWrite(conn, wsText, true, []byte(msg), true); err != nil {
+	if err := wsframe.Write(conn, wsframe.OpText, true, []byte(msg), true); err != nil {
 		return "", err
 	}
 	op, _, got, err := wsRead(br, false)
 	if err != nil {
 		return "", err
 	}
-	if op != wsText || string(got) != msg {
+	if op != wsframe.OpText || string(got) != msg {
 		return "", fmt.Errorf("echo: opcode %d %q", op, got)
 	}
-	wsWrite(conn, wsClose, true, []byte{0x03, 0xe8}, true) // 1000 normal closure
-	if op, _, _, err := wsRead(br, false); err != nil || op != wsClose {
+	wsframe.Write(conn, wsframe.OpClose, true, []byte{0x03, 0xe8}, true) // 1000 normal closure
+	if op, _, _, err := wsRead(br, false); err != nil || op != wsframe.OpClose {
 		return "", fmt.Errorf("close handshake: opcode %d, %v", op, err)
 	}
 	return fmt.Sprintf("101, then %q echoed and closed cleanly", msg), nil
