@@ -22,6 +22,18 @@ type requestBody struct {
 	size     int64         // bytes read from the client while buffering
 }
 
+// clientError returns the error reading the client's body while streaming
+// it upstream, or nil.
+func (b *requestBody) clientError() error {
+	if b.stream == nil {
+		return nil
+	}
+	if p := b.stream.clientErr.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
 // bytesRead is how many body bytes were read from the client so far.
 func (b *requestBody) bytesRead() int64 {
 	if b.stream != nil {
@@ -176,12 +188,16 @@ type streamBody struct {
 	// prefix holds bytes already read while trying to buffer. It is left to
 	// the garbage collector, not the pool: a transport goroutine may read it
 	// after we are done, and over-limit bodies are rare.
-	prefix  *sharedBuffer
-	pr      bytes.Reader
-	body    io.ReadCloser
-	read    atomic.Bool
-	n       atomic.Int64 // bytes read from the client
-	in, out *http.Request
+	prefix *sharedBuffer
+	pr     bytes.Reader
+	body   io.ReadCloser
+	read   atomic.Bool
+	n      atomic.Int64 // bytes read from the client
+	// clientErr is the error reading the client's body, if it failed: the
+	// transport then reports a failure that is the client's, not the
+	// upstream's.
+	clientErr atomic.Pointer[error]
+	in, out   *http.Request
 	// info, for Expect: 100-continue requests, serialises net/http's
 	// automatic 100 with relayed 1xx (see informational.sendContinue).
 	info   *informational
@@ -213,6 +229,9 @@ func (s *streamBody) Read(p []byte) (int, error) {
 	}
 	n, err := s.body.Read(p)
 	s.n.Add(int64(n))
+	if err != nil && err != io.EOF {
+		s.clientErr.CompareAndSwap(nil, &err)
+	}
 	if err == io.EOF && len(s.out.Trailer) > 0 {
 		// The client's trailers are known now; the transport writes
 		// out.Trailer after it sees EOF.

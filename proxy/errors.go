@@ -42,6 +42,7 @@ const (
 	failTimeout                        // upstream too slow
 	failOther                          // reset, EOF, protocol error after sending
 	failClient                         // the client went away
+	failClientBody                     // reading the client's body failed (stalled or broken)
 	failNoUpstream
 )
 
@@ -80,6 +81,8 @@ func statusFor(f failure) int {
 		return http.StatusGatewayTimeout
 	case failClient:
 		return StatusClientClosedRequest
+	case failClientBody:
+		return http.StatusBadRequest
 	}
 	return http.StatusBadGateway
 }

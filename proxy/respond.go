@@ -133,6 +133,9 @@ func (rt *roundTrip) writeError(status int) {
 func (rt *roundTrip) clientGone(err error) {
 	rt.status = StatusClientClosedRequest
 	rt.err = err
+	// Abort rather than return: with nothing written, net/http would
+	// answer an implicit 200 on a connection whose request body broke.
+	rt.abort = true
 	rt.h.log.LogAttrs(rt.in.Context(), slogDebug, "client went away",
 		attrStr("uri", rt.in.RequestURI), attrErr(err))
 }
@@ -141,14 +144,21 @@ func (rt *roundTrip) clientGone(err error) {
 func (rt *roundTrip) badBody(err error) {
 	rt.err = err
 	switch {
-	case rt.in.Context().Err() != nil:
-		rt.clientGone(err)
 	case errors.Is(err, errBodyTooLarge):
 		rt.status = http.StatusRequestEntityTooLarge
 		rt.writeError(rt.status)
+	case isTimeout(err):
+		// Checked before the context: on HTTP/1 a failed body read
+		// cancels it, but a slow client is still there to be told.
+		rt.status = http.StatusRequestTimeout
+		rt.w.Header().Set("Connection", "close") // the body's framing is lost
+		rt.writeError(rt.status)
+	case rt.in.Context().Err() != nil:
+		rt.clientGone(err)
 	default:
 		rt.status = http.StatusBadRequest
 		rt.h.log.LogAttrs(rt.in.Context(), slogDebug, "reading request body", attrErr(err))
+		rt.w.Header().Set("Connection", "close") // the body's framing is lost
 		rt.writeError(rt.status)
 	}
 }

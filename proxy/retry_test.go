@@ -343,8 +343,10 @@ func TestRetryBackoffEndsWhenClientLeaves(t *testing.T) {
 		Logger:    discardLogger(),
 	}, func(h http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			// Deferred: a request whose client left ends in an abort
+			// (panic(http.ErrAbortHandler)), which unwinds through here.
+			defer func() { returned <- time.Now() }()
 			h.ServeHTTP(w, r)
-			returned <- time.Now()
 		})
 	})
 	ctx, cancel := context.WithCancel(context.Background())

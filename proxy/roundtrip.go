@@ -94,8 +94,12 @@ func (rt *roundTrip) serve() {
 			rt.respond(res)
 			return
 		}
-		if f == failClient {
+		switch f {
+		case failClient:
 			rt.clientGone(err)
+			return
+		case failClientBody:
+			rt.badBody(err)
 			return
 		}
 		// Keep the most telling failure: "no upstream" after a refused
@@ -173,8 +177,14 @@ func (rt *roundTrip) attempt() (*http.Response, failure, error) {
 
 	if err != nil {
 		f := classify(err, rt.in.Context())
+		if cerr := rt.body.clientError(); cerr != nil {
+			// The transport failed because reading the client's body did:
+			// the client's fault, whatever the transport made of it (on
+			// HTTP/2 the request is not even cancelled).
+			f, err = failClientBody, cerr
+		}
 		kind := upstream.Failure
-		if f == failClient {
+		if f == failClient || f == failClientBody {
 			kind = upstream.Ignored
 		}
 		h.pool.Release(up, upstream.Outcome{Kind: kind, Latency: lat})
