@@ -53,6 +53,8 @@ type proxyOptions struct {
 	FlushInterval         time.Duration // -1: after every write
 	MaxRequestBuffer      int64         // 0: no buffering
 	MaxHeaderBytes        int
+	BodyReadTimeout       time.Duration // 0: none
+	WriteIdleTimeout      time.Duration // 0: none
 	TrustedProxies        []netip.Prefix
 	HeaderUp, HeaderDown  []proxy.HeaderRule
 	AccessLog             string // "" off, "-" stdout, else a file
@@ -90,6 +92,8 @@ func defaultProxyOptions() proxyOptions {
 		// on) with a little more patience before ejecting.
 		ResponseHeaderTimeout: 60 * time.Second,
 		AccessLogBuffer:       64 << 10,
+		BodyReadTimeout:       server.DefaultBodyReadTimeout,
+		WriteIdleTimeout:      server.DefaultWriteIdleTimeout,
 		HealthInterval:        10 * time.Second,
 		HealthTimeout:         5 * time.Second,
 		HealthStatus:          "2xx",
@@ -194,6 +198,24 @@ var proxyFlags = []flagSpec{
 				return errors.New("want a size in bytes > 0 such as 65536 or 64KiB")
 			}
 			o.MaxHeaderBytes = int(n)
+			return nil
+		}},
+	{"body-read-timeout", "D", "60s", "limit on waiting for the client's next request-body bytes (slow POST); 408 when it passes (0 = none)",
+		func(o *proxyOptions, s string) error {
+			d, err := time.ParseDuration(s)
+			if err != nil || d < 0 {
+				return errors.New("want a duration >= 0 such as 60s (0 = no limit)")
+			}
+			o.BodyReadTimeout = d
+			return nil
+		}},
+	{"write-idle-timeout", "D", "60s", "limit on one response write blocked by a client that does not read (slow read) (0 = none)",
+		func(o *proxyOptions, s string) error {
+			d, err := time.ParseDuration(s)
+			if err != nil || d < 0 {
+				return errors.New("want a duration >= 0 such as 60s (0 = no limit)")
+			}
+			o.WriteIdleTimeout = d
 			return nil
 		}},
 	{"trusted-proxy", "CIDR", "", "peer whose X-Forwarded-* headers are kept (CIDR or bare IP; repeatable)",

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/sluiceproxy/sluice/internal/server"
 	"github.com/sluiceproxy/sluice/proxy"
@@ -142,12 +143,23 @@ func (o proxyOptions) toConfig(log, access *slog.Logger) (proxy.Config, idleClos
 
 func (o proxyOptions) serverOptions(log *slog.Logger) server.Options {
 	return server.Options{
-		TLSCert:        o.TLSCert,
-		TLSKey:         o.TLSKey,
-		H2C:            o.H2C,
-		MaxHeaderBytes: o.MaxHeaderBytes,
-		Logger:         log,
+		TLSCert:          o.TLSCert,
+		TLSKey:           o.TLSKey,
+		H2C:              o.H2C,
+		MaxHeaderBytes:   o.MaxHeaderBytes,
+		BodyReadTimeout:  noneIfZero(o.BodyReadTimeout),
+		WriteIdleTimeout: noneIfZero(o.WriteIdleTimeout),
+		Logger:           log,
 	}
+}
+
+// noneIfZero maps the command line's "0 = no limit" to the library's
+// negative value (its zero means the default).
+func noneIfZero(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }
 
 func (o proxyOptions) targetList() string {

@@ -67,6 +67,15 @@ type Options struct {
 	ReadTimeout, WriteTimeout time.Duration
 	// IdleTimeout: DefaultIdleTimeout.
 	IdleTimeout time.Duration
+	// BodyReadTimeout is how long one read of a request body may wait for
+	// the client's next bytes (slow POST); the upload as a whole is not
+	// limited. DefaultBodyReadTimeout. See bodytimeout.go.
+	BodyReadTimeout time.Duration
+	// WriteIdleTimeout is how long one write of a response may stay blocked
+	// on a client that does not read (slow read); the response as a whole
+	// is not limited. Also HTTP/2's WriteByteTimeout.
+	// DefaultWriteIdleTimeout. See writetimeout.go.
+	WriteIdleTimeout time.Duration
 	// ShutdownTimeout: DefaultShutdownTimeout.
 	ShutdownTimeout time.Duration
 	// Logger receives the listening address, shutdown progress and
@@ -170,7 +179,8 @@ func serve(ctx context.Context, ln net.Listener, h http.Handler, o Options, tlsC
 		protos.SetUnencryptedHTTP2(true)
 	}
 	srv := &http.Server{
-		Handler:           h,
+		Handler:           newSmugglingGuard(clientTimeouts(h, o), log),
+		HTTP2:             http2Config(o),
 		TLSConfig:         tlsConf,
 		Protocols:         &protos,
 		ReadHeaderTimeout: o.ReadHeaderTimeout,

@@ -1,0 +1,208 @@
+package server
+
+import (
+	"io"
+	"log/slog"
+	"net/http"
+	"sync/atomic"
+	"time"
+)
+
+// DefaultBodyReadTimeout is how long one read of a request body may wait for
+// the client's next bytes (slow POST), like nginx's client_body_timeout. It
+// bounds the pauses, not the upload: a large body sent at any steady pace is
+// never cut off.
+const DefaultBodyReadTimeout = 60 * time.Second
+
+// orDefault applies the Options convention: zero means def, negative means
+// no limit (returned as 0).
+func orDefault(d, def time.Duration) time.Duration {
+	switch {
+	case d == 0:
+		return def
+	case d < 0:
+		return 0
+	}
+	return d
+}
+
+func (o Options) bodyReadTimeout() time.Duration {
+	return orDefault(o.BodyReadTimeout, DefaultBodyReadTimeout)
+}
+
+// aLongTimeAgo is a deadline in the past: setting it makes a blocked read
+// or write on the connection (HTTP/1) or stream (HTTP/2) fail at once.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// clientTimeouts wraps h so that a client that stops sending its request
+// body (BodyReadTimeout) or stops reading the response (WriteIdleTimeout)
+// is cut off. o has its defaults applied. Both limits are watchdogs, not
+// deadlines: a timer runs only while one read of the body or one write of
+// the response is blocked, and only when it fires is a deadline in the past
+// set on the connection (HTTP/1) or the stream (HTTP/2) through
+// http.ResponseController. So idle periods of the handler itself (waiting
+// for the upstream, a quiet event stream) never count, and the server's own
+// ReadTimeout and WriteTimeout deadlines are left alone.
+func clientTimeouts(h http.Handler, o Options) http.Handler {
+	th := &timeoutHandler{
+		h:     h,
+		read:  o.bodyReadTimeout(),
+		write: o.writeIdleTimeout(),
+		// With a WriteTimeout net/http sets a write deadline for every
+		// request (HTTP/1) or stream (HTTP/2), which already bounds the
+		// final flush and must not be moved.
+		boundFinalFlush: o.WriteTimeout <= 0,
+		log:             o.Logger,
+	}
+	if th.read == 0 && th.write == 0 {
+		return h
+	}
+	return th
+}
+
+type timeoutHandler struct {
+	h               http.Handler
+	read, write     time.Duration
+	boundFinalFlush bool
+	log             *slog.Logger
+}
+
+// reqWatch is the per-request state: one allocation holds the body and
+// response wrappers; the timers are made before the handler runs.
+type reqWatch struct {
+	th        *timeoutHandler
+	w         http.ResponseWriter // the ResponseWriter we wrap
+	r         *http.Request
+	body      watchedBody
+	rw        watchedHijacker // rw.watchedWriter for HTTP/2
+	rt, wt    *time.Timer     // nil when that limit is off
+	wrote     bool            // a final status or body bytes went out
+	readFired atomic.Bool
+	hijacked  atomic.Bool
+	done      atomic.Bool
+}
+
+func (th *timeoutHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	g := &reqWatch{th: th, w: w, r: r}
+	if th.read > 0 && r.Body != nil && r.Body != http.NoBody {
+		// Made before the body is handed out: the transport may read it
+		// on another goroutine.
+		g.rt = time.AfterFunc(th.read, g.readTimedOut)
+		g.rt.Stop()
+		g.body = watchedBody{ReadCloser: r.Body, g: g}
+		// In place, like http.MaxBytesReader, and put back before
+		// returning: net/http looks at the type of r.Body after the
+		// handler to decide whether the connection can be reused, and
+		// must see its own body there.
+		orig := r.Body
+		r.Body = &g.body
+		defer func() { r.Body = orig }()
+	}
+	if th.write > 0 {
+		g.wt = time.AfterFunc(th.write, g.writeTimedOut)
+		g.wt.Stop()
+	}
+	if g.rt == nil && g.wt == nil {
+		th.h.ServeHTTP(w, r)
+		return
+	}
+	g.rw.watchedWriter = watchedWriter{ResponseWriter: w, g: g}
+	var out http.ResponseWriter = &g.rw.watchedWriter
+	if _, ok := w.(http.Hijacker); ok {
+		out = &g.rw
+	}
+	th.h.ServeHTTP(out, r)
+	g.finish()
+	if g.hijacked.Load() {
+		return
+	}
+	if g.readFired.Load() && !g.wrote {
+		// The handler gave up on the body and answered nothing (the
+		// proxy takes the cancelled request for a client that left).
+		// Without an answer net/http would send "200 OK": say what
+		// happened instead, as nginx does, and close.
+		g.requestTimeout()
+		return
+	}
+	// net/http writes what is still buffered (up to 4 KiB and, for
+	// HTTP/1, the last chunk) after the handler returned, outside the
+	// watch. Bound that write with a deadline: per stream on HTTP/2, on
+	// the connection on HTTP/1, where net/http (Go 1.26) clears it once
+	// the response is out. Not when the request is over already (client
+	// gone, stream reset): on HTTP/2 the deadline's timer would outlive
+	// the closed stream and pin it until it fires, which a reset flood
+	// would turn into memory.
+	if g.wt != nil && th.boundFinalFlush && r.Context().Err() == nil {
+		_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(th.write))
+	}
+}
+
+// requestTimeout answers 408 and closes an HTTP/1 connection: the rest of
+// the body may still be on its way and must not be read as a request.
+func (g *reqWatch) requestTimeout() {
+	h := g.w.Header()
+	clear(h)
+	if g.r.ProtoMajor == 1 {
+		h.Set("Connection", "close")
+	}
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("X-Content-Type-Options", "nosniff")
+	if g.wt != nil {
+		_ = http.NewResponseController(g.w).SetWriteDeadline(time.Now().Add(g.th.write))
+	}
+	g.w.WriteHeader(http.StatusRequestTimeout)
+	_, _ = io.WriteString(g.w, "request body timeout\n")
+}
+
+// finish stops the watchdogs: what the handler left behind is no longer
+// the client's fault.
+func (g *reqWatch) finish() {
+	g.done.Store(true)
+	if g.rt != nil {
+		g.rt.Stop()
+	}
+	if g.wt != nil {
+		g.wt.Stop()
+	}
+}
+
+// readTimedOut runs when one read of the body waited th.read for bytes.
+func (g *reqWatch) readTimedOut() {
+	if g.done.Load() || g.hijacked.Load() {
+		return
+	}
+	g.readFired.Store(true)
+	g.th.log.Debug("closing slow client: no request body bytes",
+		"timeout", g.th.read.String(), "remote", g.r.RemoteAddr, "uri", g.r.RequestURI)
+	// HTTP/1: the blocked read fails, net/http cancels the request's
+	// context and will not reuse the connection. HTTP/2: the body returns
+	// an error wrapping os.ErrDeadlineExceeded; the handler answers, and
+	// net/http resets the stream since the client did not finish it.
+	// Either way the error satisfies errors.Is(err, os.ErrDeadlineExceeded).
+	_ = http.NewResponseController(g.w).SetReadDeadline(aLongTimeAgo)
+}
+
+// writeTimedOut runs when one write to the client was blocked th.write.
+func (g *reqWatch) writeTimedOut() {
+	if g.done.Load() || g.hijacked.Load() {
+		return
+	}
+	g.th.log.Debug("closing slow client: response write blocked",
+		"timeout", g.th.write.String(), "remote", g.r.RemoteAddr, "uri", g.r.RequestURI)
+	// HTTP/1: the blocked write fails and the connection is closed.
+	// HTTP/2: the stream is reset (RST_STREAM INTERNAL_ERROR).
+	_ = http.NewResponseController(g.w).SetWriteDeadline(aLongTimeAgo)
+}
+
+// watchedBody arms the read watchdog around every Read of the request body.
+type watchedBody struct {
+	io.ReadCloser
+	g *reqWatch
+}
+
+func (b *watchedBody) Read(p []byte) (int, error) {
+	b.g.rt.Reset(b.g.th.read)
+	n, err := b.ReadCloser.Read(p)
+	b.g.rt.Stop()
+	return n, err
+}
