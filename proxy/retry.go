@@ -36,7 +36,8 @@ type RetryPolicy struct {
 	// gets the last such response as it was.
 	Statuses []int
 	// BudgetRatio caps retries at this fraction of requests, so retries
-	// cannot multiply load during an outage. Default 0.2.
+	// cannot multiply load during an outage. Default 0.2. Retries after a
+	// dial error are not counted: nothing reached an upstream.
 	BudgetRatio float64
 	// BudgetMinPerSecond retries are always allowed per second, so a quiet
 	// proxy can still retry. Default 10.

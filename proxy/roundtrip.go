@@ -109,7 +109,7 @@ func (rt *roundTrip) serve() {
 		}
 		pause := h.retry.backoff(rt.attempts)
 		if !rt.mayRetry(f) || rt.attempts > h.retry.Retries ||
-			!time.Now().Add(pause).Before(deadline) || !h.budget.withdraw() {
+			!time.Now().Add(pause).Before(deadline) || !rt.budgetAllows(f) {
 			if res != nil {
 				// Out of attempts on a retryable status: the client gets
 				// the upstream's answer as it was.
@@ -128,6 +128,19 @@ func (rt *roundTrip) serve() {
 			return
 		}
 	}
+}
+
+// budgetAllows asks the retry budget for one retry after failure f. A
+// retry after a dial error is free: nothing was sent, so retrying loads no
+// upstream twice, and charging it would turn one dead upstream into a
+// stream of 502s once the budget ran dry (the soak run showed 8% of GETs
+// failing with two healthy upstreams left).
+func (rt *roundTrip) budgetAllows(f failure) bool {
+	switch f {
+	case failDial, failDialTimeout, failNoUpstream:
+		return true
+	}
+	return rt.h.budget.withdraw()
 }
 
 // failRetryStatus marks a response whose status the policy retries.

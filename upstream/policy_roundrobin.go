@@ -1,6 +1,9 @@
 package upstream
 
-import "sync/atomic"
+import (
+	"math/rand/v2"
+	"sync/atomic"
+)
 
 // RoundRobin picks upstreams in turn, skipping unusable ones. It ignores
 // weights (see WeightedRoundRobin).
@@ -17,7 +20,16 @@ func (rr *RoundRobin) Select(ups []*Upstream, s *Selection) *Upstream {
 	if n == 0 {
 		return nil
 	}
-	start := rr.next.Add(1) - 1
+	var start uint64
+	if s.Tried.Len() > 0 {
+		// A retry: start anywhere, and leave the turn order to fresh
+		// requests. Advancing the shared counter here made the request
+		// after a retry land on the failed upstream again, so a dead
+		// upstream drew well over its share of first attempts.
+		start = rand.Uint64()
+	} else {
+		start = rr.next.Add(1) - 1
+	}
 	var spare *Upstream // usable but turned away by slow start
 	r := fastRand(start)
 	for i := uint64(0); i < n; i++ {
