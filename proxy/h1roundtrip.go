@@ -48,7 +48,9 @@ func (t *Transport) roundTripH1(req *http.Request, body *replayReader) (*http.Re
 		// A kept-alive connection the upstream closed just as we sent:
 		// send again on a new connection if that cannot duplicate the
 		// request (as net/http does).
-		if try == 0 && c.reused && ctx.Err() == nil && c.read == 0 &&
+		// Not after a timeout: the upstream was alive and slow, and a
+		// resend would double the wait.
+		if try == 0 && c.reused && ctx.Err() == nil && c.read == 0 && !isTimeout(err) &&
 			(c.written == 0 || idempotent(req)) {
 			if body != nil {
 				next := body.sb.newReader().(*replayReader)

@@ -250,3 +250,44 @@ func TestH1FramingFromBodyNotHeaders(t *testing.T) {
 		t.Fatalf("upstream got framing from the header map:\n%s", head)
 	}
 }
+
+// A reused connection whose upstream then goes silent times out once: the
+// request is not resent on a new connection (which would double the wait
+// and send it twice).
+func TestH1TimeoutOnReusedConnectionIsNotResent(t *testing.T) {
+	release := make(chan struct{})
+	u := newScriptedUpstream(t, func(u *scriptedUpstream, c net.Conn, br *bufio.Reader) {
+		for i := 0; ; i++ {
+			if _, err := u.readRequest(br); err != nil {
+				return
+			}
+			if i == 0 {
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+				continue
+			}
+			select { // silent from the second request on
+			case <-release:
+			case <-time.After(5 * time.Second):
+			}
+			return
+		}
+	})
+	defer close(release)
+	const timeout = 300 * time.Millisecond
+	h, _ := h1Proxy(t, u.ln.Addr().String(), proxy.TransportOptions{ResponseHeaderTimeout: timeout}, proxy.RetryPolicy{Retries: -1})
+	if res, body := serveOnce(h, "GET", "http://example.com/x", ""); res.StatusCode != 200 || body != "ok" {
+		t.Fatalf("first request: %d %q", res.StatusCode, body)
+	}
+	start := time.Now()
+	res, _ := serveOnce(h, "GET", "http://example.com/x", "")
+	took := time.Since(start)
+	if res.StatusCode != http.StatusGatewayTimeout {
+		t.Fatalf("status %d, want 504", res.StatusCode)
+	}
+	if took > 2*timeout-50*time.Millisecond {
+		t.Errorf("took %v with a %v header timeout: the request was resent", took, timeout)
+	}
+	if n := u.requests.Load(); n != 2 {
+		t.Errorf("upstream saw %d requests, want 2", n)
+	}
+}
