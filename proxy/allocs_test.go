@@ -7,7 +7,6 @@ import (
 	"testing"
 
 	"github.com/sluiceproxy/sluice/proxy"
-	"github.com/sluiceproxy/sluice/upstream"
 )
 
 // allocBudget is the most allocations one small GET through the proxy may
@@ -24,16 +23,7 @@ func TestAllocBudgetSmallGET(t *testing.T) {
 	if os.Getenv("SLUICE_TEST_NETHTTP") != "" {
 		t.Skip("the budget is for the default (synchronous HTTP/1.1) transport")
 	}
-	addr := rawBackend(t)
-	tr := proxy.NewTransport(proxy.TransportOptions{})
-	defer tr.CloseIdleConnections()
-	h, err := proxy.New(proxy.Config{
-		Upstreams: upstream.NewPool(nil, upstream.New(addr)),
-		Transport: tr,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := benchHandler(t, rawBackend(t), proxy.TransportOptions{})
 	w := &discardWriter{h: make(http.Header)}
 	// As from a real server: a cancellable context, which the transport
 	// watches so a client that leaves aborts the upstream exchange.

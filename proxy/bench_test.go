@@ -109,35 +109,31 @@ func runBench(b *testing.B, h http.Handler) {
 	})
 }
 
-// BenchmarkServeHTTP is a small GET through proxy.Handler, and the same GET
-// through httputil.ReverseProxy with the same transport, for comparison.
+// benchHandler is a proxy in front of addr with the given transport
+// options; its idle connections are closed when tb ends.
+func benchHandler(tb testing.TB, addr string, o proxy.TransportOptions) http.Handler {
+	tr := proxy.NewTransport(o)
+	tb.Cleanup(tr.CloseIdleConnections)
+	h, err := proxy.New(proxy.Config{
+		Upstreams: upstream.NewPool(nil, upstream.New(addr)),
+		Transport: tr,
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return h
+}
+
+// BenchmarkServeHTTP is a small GET through proxy.Handler on each upstream
+// path, and the same GET through httputil.ReverseProxy with net/http's
+// Transport, for comparison.
 func BenchmarkServeHTTP(b *testing.B) {
 	addr := rawBackend(b)
-
 	b.Run("sluice", func(b *testing.B) {
-		tr := proxy.NewTransport(proxy.TransportOptions{})
-		defer tr.CloseIdleConnections()
-		h, err := proxy.New(proxy.Config{
-			Upstreams: upstream.NewPool(nil, upstream.New(addr)),
-			Transport: tr,
-		})
-		if err != nil {
-			b.Fatal(err)
-		}
-		runBench(b, h)
+		runBench(b, benchHandler(b, addr, proxy.TransportOptions{}))
 	})
-
 	b.Run("sluice-nethttp", func(b *testing.B) {
-		tr := proxy.NewTransport(proxy.TransportOptions{DisableSynchronousHTTP1: true})
-		defer tr.CloseIdleConnections()
-		h, err := proxy.New(proxy.Config{
-			Upstreams: upstream.NewPool(nil, upstream.New(addr)),
-			Transport: tr,
-		})
-		if err != nil {
-			b.Fatal(err)
-		}
-		runBench(b, h)
+		runBench(b, benchHandler(b, addr, proxy.TransportOptions{DisableSynchronousHTTP1: true}))
 	})
 
 	b.Run("httputil", func(b *testing.B) {

@@ -6,7 +6,6 @@ package proxy_test
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
@@ -35,22 +34,7 @@ import (
 const respIOTimeout = 10 * time.Second
 
 // respLogBuf is a goroutine-safe log sink.
-type respLogBuf struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *respLogBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *respLogBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
+type respLogBuf = lockedBuffer
 
 // respLogger returns a debug-level text logger writing to a fresh buffer.
 func respLogger() (*slog.Logger, *respLogBuf) {
