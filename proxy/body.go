@@ -185,14 +185,10 @@ func (r *replayReader) Close() error {
 // otherwise kill the body for the retry (and hang an Expect: 100-continue
 // client).
 type streamBody struct {
-	// prefix holds bytes already read while trying to buffer. It is left to
-	// the garbage collector, not the pool: a transport goroutine may read it
-	// after we are done, and over-limit bodies are rare.
-	prefix *sharedBuffer
-	pr     bytes.Reader
-	body   io.ReadCloser
-	read   atomic.Bool
-	n      atomic.Int64 // bytes read from the client
+	pr   bytes.Reader
+	body io.ReadCloser
+	read atomic.Bool
+	n    atomic.Int64 // bytes read from the client
 	// clientErr is the error reading the client's body, if it failed: the
 	// transport then reports a failure that is the client's, not the
 	// upstream's.
@@ -205,8 +201,12 @@ type streamBody struct {
 }
 
 func newStreamBody(body io.ReadCloser, prefix *sharedBuffer, in, out *http.Request) *streamBody {
-	s := &streamBody{body: body, prefix: prefix, in: in, out: out}
+	s := &streamBody{body: body, in: in, out: out}
 	if prefix != nil {
+		// The bytes read while trying to buffer go first. Their buffer is
+		// left to the garbage collector, not the pool: a transport
+		// goroutine may read it after we are done, and over-limit bodies
+		// are rare.
 		s.pr.Reset(prefix.buf.Bytes())
 	}
 	out.ContentLength = in.ContentLength

@@ -120,11 +120,6 @@ func (t *Transport) putConn(c *h1conn) {
 	c.idleSince = time.Now()
 	c.read, c.written, c.readErr = 0, 0, nil
 	t.mu.Lock()
-	if t.closed {
-		t.mu.Unlock()
-		c.close()
-		return
-	}
 	conns := t.idle[c.addr]
 	var stale []*h1conn
 	// The oldest are at the front; drop those past the idle timeout or

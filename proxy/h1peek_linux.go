@@ -1,12 +1,15 @@
 package proxy
 
-import "syscall"
+import (
+	"syscall"
+	"unsafe"
+)
 
 // peek runs on the connection's descriptor: a non-blocking MSG_PEEK read
 // that finds EOF, a reset, or unsolicited bytes without consuming anything.
 func (c *h1conn) peek(fd uintptr) bool {
 	n, _, errno := syscall.Syscall6(syscall.SYS_RECVFROM, fd,
-		uintptr(unsafePointer(&c.peekBuf[0])), 1,
+		uintptr(unsafe.Pointer(&c.peekBuf[0])), 1,
 		syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
 	switch {
 	case errno == syscall.EAGAIN || errno == syscall.EINTR:

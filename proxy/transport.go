@@ -38,9 +38,8 @@ type Transport struct {
 	std    *http.Transport
 	dialer net.Dialer
 
-	mu     sync.Mutex
-	idle   map[string][]*h1conn // per address, most recently used last
-	closed bool
+	mu   sync.Mutex
+	idle map[string][]*h1conn // per address, most recently used last
 }
 
 // forceNetHTTP makes every transport use net/http's path. Tests set it (see

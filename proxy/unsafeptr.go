@@ -1,5 +1,0 @@
-package proxy
-
-import "unsafe"
-
-func unsafePointer(b *byte) unsafe.Pointer { return unsafe.Pointer(b) }
