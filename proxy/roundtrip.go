@@ -57,6 +57,7 @@ func (rt *roundTrip) finish() {
 	rt.releaseHeld(upstream.Ignored, rt.status)
 	rt.body.release()
 	rt.logAccess()
+	rt.observe()
 	if p != nil {
 		panic(p)
 	}
