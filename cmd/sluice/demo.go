@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/sluiceproxy/sluice/internal/admin"
 	"github.com/sluiceproxy/sluice/internal/server"
 	"github.com/sluiceproxy/sluice/proxy"
 	"github.com/sluiceproxy/sluice/upstream"
@@ -60,9 +61,10 @@ func (v *demoFrom) Set(s string) error {
 const demoUsage = `Usage: sluice demo [--from ADDR] [--self-test]
 
 Starts three small backends on loopback (ephemeral ports), sluice in front of
-them, and a control listener that stops and starts backends. Prints commands
-to try: load balancing, server-sent events, a WebSocket, a retry around a
-stopped backend. The access log goes to standard output. Runs until Ctrl-C.
+them, and a control listener that stops and starts backends and serves
+/metrics and /status. Prints commands to try: load balancing, server-sent
+events, a WebSocket, a retry around a stopped backend, metrics. The access
+log goes to standard output. Runs until Ctrl-C.
 
 Each backend answers:
   /              hello from backend-N
@@ -86,6 +88,7 @@ type demo struct {
 	control  *http.Server
 	ctlAddr  string
 	retried  atomic.Int64 // access lines with attempts > 1
+	admin    *admin.Admin // /metrics and /status on the control listener
 	log      *slog.Logger
 }
 
@@ -147,12 +150,19 @@ func startDemo(from string, accessOut io.Writer, log *slog.Logger) (*demo, error
 		ups = append(ups, upstream.New(b.addr))
 	}
 	access := slog.New(retryCounter{slog.NewTextHandler(accessOut, nil), &d.retried})
+	pool := upstream.NewPool(nil, ups...)
+	metrics := admin.NewMetrics()
 	d.handler, err = proxy.New(proxy.Config{
-		Upstreams: upstream.NewPool(nil, ups...),
+		Upstreams: pool,
 		Logger:    log,
 		AccessLog: access,
+		Observe:   metrics.Observe,
 	})
 	if err != nil {
+		d.close()
+		return nil, err
+	}
+	if d.admin, err = admin.New(pool, metrics); err != nil {
 		d.close()
 		return nil, err
 	}
@@ -199,6 +209,9 @@ func (d *demo) controlMux() http.Handler {
 			fmt.Fprintf(w, "%s %s %s\n", b.name, b.addr, state)
 		}
 	})
+	// What `sluice proxy --admin` serves on its own listener.
+	mux.Handle("GET /metrics", d.admin)
+	mux.Handle("GET /status", d.admin)
 	mux.HandleFunc("POST /backends/{name}/{action}", func(w http.ResponseWriter, r *http.Request) {
 		b := d.backend(r.PathValue("name"))
 		if b == nil {
@@ -229,7 +242,7 @@ func (d *demo) printTour(w io.Writer) {
 	for _, b := range d.backends {
 		fmt.Fprintf(w, "  upstream %s on %s\n", b.name, b.addr)
 	}
-	fmt.Fprintf(w, "  control on %s (stops and starts backends; not proxied)\n", c)
+	fmt.Fprintf(w, "  control on %s (stops and starts backends, serves /metrics and /status; not proxied)\n", c)
 	fmt.Fprintf(w, `
 Try, in another terminal:
 
@@ -252,6 +265,11 @@ Try, in another terminal:
   curl -X POST %[2]s/backends/backend-2/stop
   for i in 1 2 3 4 5 6; do curl -s %[1]s/; done
   curl -X POST %[2]s/backends/backend-2/start
+
+  # Prometheus metrics and the upstreams' state (sluice proxy --admin ADDR
+  # serves the same on a listener of its own)
+  curl -s %[2]s/metrics | grep '^sluice_'
+  curl -s %[2]s/status
 
 Access log follows. Ctrl-C stops the demo.
 

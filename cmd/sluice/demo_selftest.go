@@ -32,6 +32,7 @@ func (d *demo) selfTest(ctx context.Context, w io.Writer) error {
 		{"websocket echo", func() (string, error) { return d.stepWS() }},
 		{"status passthrough", func() (string, error) { return d.stepStatus(ctx, c, base) }},
 		{"retry around a stopped backend", func() (string, error) { return d.stepRetry(ctx, c, base) }},
+		{"metrics", func() (string, error) { return d.stepMetrics(ctx, c) }},
 	}
 	failed := 0
 	for _, s := range steps {
@@ -190,4 +191,41 @@ func (d *demo) stepRetry(ctx context.Context, c *http.Client, base string) (stri
 		}
 	}
 	return "", fmt.Errorf("backend-2 restarted but got no request")
+}
+
+// stepMetrics reads the control listener's /metrics after the steps above:
+// their requests are counted, and so are the retries around backend-2.
+func (d *demo) stepMetrics(ctx context.Context, c *http.Client) (string, error) {
+	// Observe runs after the client has its response; give the last
+	// request a moment to be counted.
+	var body string
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		code, b, err := getBody(ctx, c, "GET", "http://"+d.ctlAddr+"/metrics")
+		if err != nil {
+			return "", err
+		}
+		if code != 200 {
+			return "", fmt.Errorf("/metrics: %d", code)
+		}
+		body = b
+		if metricValue(body, `sluice_requests_total{code="503",method="GET"}`) == "1" &&
+			metricValue(body, "sluice_retries_total") != "0" && metricValue(body, "sluice_retries_total") != "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			return "", fmt.Errorf("/metrics lacks the tour's requests and retries:\n%s", body)
+		}
+	}
+	return fmt.Sprintf("/metrics counted %s GET 200s, the 503 and %s retries",
+		metricValue(body, `sluice_requests_total{code="200",method="GET"}`), metricValue(body, "sluice_retries_total")), nil
+}
+
+// metricValue returns the value of a series in the text format, "" if absent.
+func metricValue(text, series string) string {
+	for line := range strings.Lines(text) {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
 }

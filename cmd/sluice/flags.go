@@ -61,6 +61,7 @@ type proxyOptions struct {
 	AccessLogBuffer       int64  // bytes; 0 = one write per line
 	LogFormat             string // json or text
 	LogLevel              slog.Level
+	Admin                 string // "" off, else the admin endpoint's listen address
 	TLSCert, TLSKey       string
 	H2C                   bool
 
@@ -279,6 +280,14 @@ var proxyFlags = []flagSpec{
 			o.LogLevel = l
 			return nil
 		}},
+	{"admin", "ADDR", "off", "serve Prometheus metrics (/metrics) and upstream state (/status) on this address, e.g. 127.0.0.1:2019; keep it private",
+		func(o *proxyOptions, s string) error {
+			if checkListenAddr(s) != nil {
+				return errors.New("want host:port to listen on, such as 127.0.0.1:2019")
+			}
+			o.Admin = s
+			return nil
+		}},
 	{"tls-cert", "FILE", "", "PEM certificate (chain); with --tls-key serves HTTPS with HTTP/2",
 		func(o *proxyOptions, s string) error {
 			if s == "" {
@@ -404,6 +413,8 @@ func parseProxyFlags(args []string) (proxyOptions, error) {
 		return o, &usageError{"proxy", "--to is required: give at least one upstream, e.g. --to 127.0.0.1:9000"}
 	case (o.TLSCert == "") != (o.TLSKey == ""):
 		return o, &usageError{"proxy", "--tls-cert and --tls-key go together: give both or neither"}
+	case o.Admin != "" && o.Admin == o.From && !strings.HasSuffix(o.Admin, ":0"):
+		return o, &usageError{"proxy", "--admin needs an address of its own, not the --from address " + o.From}
 	case o.H2C && o.TLSCert != "":
 		return o, &usageError{"proxy", "--h2c is for plain-text listeners; with --tls-cert HTTP/2 is negotiated already"}
 	}

@@ -62,6 +62,9 @@ func TestParseProxyFlagsGood(t *testing.T) {
 		{"tls", append([]string{"--tls-cert", "c.pem", "--tls-key", "k.pem"}, to...), func(o proxyOptions) bool { return o.TLSCert == "c.pem" && o.TLSKey == "k.pem" }},
 		{"h2c", append([]string{"--h2c"}, to...), func(o proxyOptions) bool { return o.H2C }},
 		{"h2c=false", append([]string{"--h2c=false"}, to...), func(o proxyOptions) bool { return !o.H2C }},
+		{"admin", append([]string{"--admin", "127.0.0.1:2019"}, to...), func(o proxyOptions) bool { return o.Admin == "127.0.0.1:2019" }},
+		{"admin and from on port 0", append([]string{"--from", "127.0.0.1:0", "--admin", "127.0.0.1:0"}, to...),
+			func(o proxyOptions) bool { return o.Admin == "127.0.0.1:0" }},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -111,6 +114,9 @@ func TestParseProxyFlagsBad(t *testing.T) {
 		{[]string{"--access-log", ""}, `sluice proxy: --access-log "": want a file path, or - for standard output`},
 		{[]string{"--log-format", "xml"}, `sluice proxy: --log-format "xml": want json or text`},
 		{[]string{"--log-level", "verbose"}, `sluice proxy: --log-level "verbose": want debug, info, warn or error`},
+		{[]string{"--admin", "2019"}, `sluice proxy: --admin "2019": want host:port to listen on, such as 127.0.0.1:2019`},
+		{[]string{"--admin", ""}, `sluice proxy: --admin "": want host:port to listen on, such as 127.0.0.1:2019`},
+		{[]string{"--admin", ":8080"}, `sluice proxy: --admin needs an address of its own, not the --from address :8080`},
 		{[]string{"--h2c=maybe"}, `sluice proxy: --h2c "maybe": want true or false (or just --h2c)`},
 		{[]string{"--tls-cert", "c.pem"}, `sluice proxy: --tls-cert and --tls-key go together: give both or neither`},
 		{[]string{"--tls-cert", "c.pem", "--tls-key", "k.pem", "--h2c"}, `sluice proxy: --h2c is for plain-text listeners; with --tls-cert HTTP/2 is negotiated already`},

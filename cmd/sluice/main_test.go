@@ -291,7 +291,7 @@ func TestProxyTLSFileError(t *testing.T) {
 
 func TestDemoSelfTest(t *testing.T) {
 	code, stdout, stderr := runCmd(t, "demo", "--self-test")
-	if code != 0 || !strings.Contains(stdout, "self-test: all 5 steps passed") {
+	if code != 0 || !strings.Contains(stdout, "self-test: all 6 steps passed") {
 		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sluiceproxy/sluice/internal/admin"
 	"github.com/sluiceproxy/sluice/internal/server"
 	"github.com/sluiceproxy/sluice/proxy"
 	"github.com/sluiceproxy/sluice/upstream"
@@ -21,6 +22,9 @@ type env struct {
 	// ready, when set, is called with the listening address once the
 	// listener is open (tests listen on 127.0.0.1:0).
 	ready func(net.Addr)
+	// adminReady, when set, is called with the admin endpoint's address
+	// (--admin) once it listens, before ready.
+	adminReady func(net.Addr)
 }
 
 // runProxy serves `sluice proxy` until ctx ends.
@@ -50,6 +54,12 @@ func runProxy(ctx context.Context, o proxyOptions, e env) error {
 	}
 	defer tr.CloseIdleConnections()
 	defer cfg.Upstreams.Close() // stops health checkers
+	var metrics *admin.Metrics
+	if o.Admin != "" {
+		// Only with --admin: without it no request pays for counting.
+		metrics = admin.NewMetrics()
+		cfg.Observe = chainObserve(cfg.Observe, metrics.Observe)
+	}
 	h, err := proxy.New(cfg)
 	if err != nil {
 		return err
@@ -59,11 +69,64 @@ func runProxy(ctx context.Context, o proxyOptions, e env) error {
 		h.Close()
 		return err
 	}
+	if o.Admin != "" {
+		stopAdmin, err := startAdmin(ctx, o.Admin, cfg.Upstreams, metrics, log, e.adminReady)
+		if err != nil {
+			ln.Close()
+			h.Close()
+			return err
+		}
+		// After the proxy: metrics stay readable while requests drain.
+		defer stopAdmin()
+	}
 	if e.ready != nil {
 		e.ready(ln.Addr())
 	}
 	log.Info("proxying", "to", o.targetList(), "lb_policy", o.LBPolicy)
 	return server.Serve(ctx, ln, h, o.serverOptions(log))
+}
+
+// chainObserve returns an observer calling first (when set), then next.
+func chainObserve(first, next func(proxy.Summary)) func(proxy.Summary) {
+	if first == nil {
+		return next
+	}
+	return func(s proxy.Summary) {
+		first(s)
+		next(s)
+	}
+}
+
+// startAdmin serves the admin endpoint (--admin) on addr. It keeps serving
+// after ctx ends, so the proxy's shutdown can be watched; stop ends it and
+// waits until it has.
+func startAdmin(ctx context.Context, addr string, pool *upstream.Pool, m *admin.Metrics,
+	log *slog.Logger, ready func(net.Addr)) (stop func(), err error) {
+	a, err := admin.New(pool, m)
+	if err != nil {
+		return nil, err
+	}
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", addr)
+	if err != nil {
+		if server.IsAddrInUse(err) {
+			return nil, fmt.Errorf("--admin %s: listen: address already in use (another program, or another sluice, is listening there)", addr)
+		}
+		return nil, fmt.Errorf("--admin %s: listen: %w", addr, err)
+	}
+	actx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := admin.Serve(actx, ln, a, log); err != nil {
+			log.Error("admin endpoint stopped", "error", err.Error())
+		}
+	}()
+	log.Info("admin endpoint", "addr", ln.Addr().String(), "paths", "/metrics /status")
+	if ready != nil {
+		ready(ln.Addr())
+	}
+	return func() { cancel(); <-done }, nil
 }
 
 // idleCloser is the part of the transport the command uses after serving.
