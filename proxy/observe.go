@@ -6,6 +6,10 @@ import "time"
 // value, so an observer may keep it.
 type Summary struct {
 	Method string
+	// URI is the request-target as the client sent it.
+	URI    string
+	Proto  string
+	Remote string // the client's address (RemoteAddr)
 	Host   string
 	// Status is the status sent to the client; 499 when the client left
 	// before the response was complete.
@@ -38,6 +42,9 @@ func (rt *roundTrip) observe() {
 	}
 	fn(Summary{
 		Method:          rt.in.Method,
+		URI:             rt.in.RequestURI,
+		Proto:           rt.in.Proto,
+		Remote:          rt.in.RemoteAddr,
 		Host:            rt.in.Host,
 		Status:          rt.status,
 		Upstream:        upstreamAddr(rt.up),
