@@ -18,10 +18,12 @@ REPO_DIR=$(cd "$BENCH_DIR/.." && pwd)
 ALL_TARGETS=(direct sluice sluice+features httputil nginx haproxy caddy)
 ALL_WORKLOADS=(small 1m post h2c fixed)
 
-# Extra flags for the "sluice+features" target, on top of
-# "--access-log FILE --retries 2". >>> Add metrics / passive health flags
-# here when the CLI has them (e.g. a future "--metrics ADDR"), or set the variable
-# in the environment: SLUICE_FEATURE_FLAGS="--lb-policy least_requests" bench/run.sh
+# The "sluice+features" target runs with the features a real configuration
+# uses: "--access-log FILE --retries 2 --admin 127.0.0.1:PORT" (metrics on,
+# a free port per instance, scraped once after the last round), with passive
+# health on as it is by default (--max-fails 3 --fail-duration 10s).
+# Extra flags for it go here, or in the environment:
+#   SLUICE_FEATURE_FLAGS="--lb-policy least_requests" bench/run.sh
 SLUICE_FEATURE_FLAGS=${SLUICE_FEATURE_FLAGS:-}
 
 # ---- settings (flags below override) ---------------------------------------
@@ -234,13 +236,17 @@ declare -A PORT1=()   # target -> HTTP/1.1 port
 declare -A PORT2=()   # target -> h2c port
 declare -A PIDS1=()   # target -> root pids whose CPU counts for HTTP/1.1 workloads
 declare -A PIDS2=()   # target -> root pids whose CPU counts for h2c
+declare -A ADMIN1=()  # target -> --admin port of the HTTP/1.1 instance (sluice+features)
+declare -A ADMIN2=()  # target -> --admin port of the h2c instance
 
 SLUICE_BIN="$TMP/bin/sluice"
 SLUICE_H2C_FLAG=""
+SLUICE_HAS_ADMIN=0
 if has_target sluice || has_target sluice+features; then
 	if (cd "$REPO_DIR" && go build -o "$SLUICE_BIN" ./cmd/sluice) >"$TMP/logs/build-sluice.log" 2>&1; then
 		"$SLUICE_BIN" proxy --help >"$TMP/logs/sluice-help.txt" 2>&1 || true
 		if grep -q -- '--h2c' "$TMP/logs/sluice-help.txt"; then SLUICE_H2C_FLAG=--h2c; fi
+		if grep -q -- '--admin' "$TMP/logs/sluice-help.txt"; then SLUICE_HAS_ADMIN=1; fi
 	else
 		say "bench: SKIP sluice, sluice+features: 'go build ./cmd/sluice' failed:"
 		log_tail "$TMP/logs/build-sluice.log"
@@ -301,13 +307,23 @@ start_direct() {
 	check_target direct "$TMP/logs/backend.log"
 }
 
-start_sluice_variant() { # $1 = target name, rest = extra flags
-	local t=$1 log
+start_sluice_variant() { # $1 = target name, [--with-admin], rest = extra flags
+	local t=$1 log with_admin=0
 	shift
+	if [ "${1:-}" = --with-admin ]; then
+		with_admin=1
+		shift
+	fi
+	local -a admin=()
 	log="$TMP/logs/$t.log"
 	alloc_port
 	PORT1[$t]=$PORT
-	start_bg "$t" env GOMAXPROCS="$WORKERS" "$SLUICE_BIN" proxy --from "127.0.0.1:${PORT1[$t]}" --to "$UP" "$@"
+	if [ "$with_admin" = 1 ]; then # every instance has an admin port of its own
+		alloc_port
+		ADMIN1[$t]=$PORT
+		admin=(--admin "127.0.0.1:$PORT")
+	fi
+	start_bg "$t" env GOMAXPROCS="$WORKERS" "$SLUICE_BIN" proxy --from "127.0.0.1:${PORT1[$t]}" --to "$UP" "${admin[@]}" "$@"
 	PIDS1[$t]=$LAST_PID
 	check_target "$t" "$log" || return 1
 	if [ -z "$SLUICE_H2C_FLAG" ]; then
@@ -318,7 +334,12 @@ start_sluice_variant() { # $1 = target name, rest = extra flags
 	# HTTP/1.1 figures are of the plain command line.
 	alloc_port
 	PORT2[$t]=$PORT
-	start_bg "$t-h2c" env GOMAXPROCS="$WORKERS" "$SLUICE_BIN" proxy --from "127.0.0.1:${PORT2[$t]}" --to "$UP" "$SLUICE_H2C_FLAG" "$@"
+	if [ "$with_admin" = 1 ]; then
+		alloc_port
+		ADMIN2[$t]=$PORT
+		admin=(--admin "127.0.0.1:$PORT")
+	fi
+	start_bg "$t-h2c" env GOMAXPROCS="$WORKERS" "$SLUICE_BIN" proxy --from "127.0.0.1:${PORT2[$t]}" --to "$UP" "$SLUICE_H2C_FLAG" "${admin[@]}" "$@"
 	PIDS2[$t]=$LAST_PID
 	if ! PROBE_TIMEOUT=5s probe -h2c -url "http://127.0.0.1:${PORT2[$t]}/" -min-bytes 100; then
 		H2_NA[$t]="h2c probe failed with --h2c"
@@ -332,7 +353,9 @@ start_sluice_features() {
 	local -a extra=()
 	# shellcheck disable=SC2206 # word splitting of the user's flags is intended
 	[ -z "$SLUICE_FEATURE_FLAGS" ] || extra=($SLUICE_FEATURE_FLAGS)
-	start_sluice_variant sluice+features --access-log "$TMP/access.log" --retries 2 "${extra[@]}"
+	local -a admin=()
+	[ "$SLUICE_HAS_ADMIN" = 0 ] || admin=(--with-admin)
+	start_sluice_variant sluice+features "${admin[@]}" --access-log "$TMP/access.log" --retries 2 "${extra[@]}"
 }
 
 start_httputil() {
@@ -700,6 +723,45 @@ done
 ELAPSED=$(($(date +%s) - START_TIME))
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 
+# ---- metrics -------------------------------------------------------------------------
+# scrape PORT: GET /metrics from a sluice admin endpoint (bash's /dev/tcp,
+# HTTP/1.0 so the server closes when done); the body on stdout.
+scrape() {
+	local port=$1
+	(
+		exec 3<>"/dev/tcp/127.0.0.1/$port" || exit 1
+		printf 'GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3
+		timeout 10 cat <&3
+	) 2>/dev/null | tr -d '\r' | sed '1,/^$/d'
+}
+# metrics_summary FILE: one line from the sluice_ series of a scrape.
+metrics_summary() {
+	awk '
+	/^sluice_requests_total\{/ { n += $NF; if ($0 ~ /code="2/) ok += $NF }
+	/^sluice_retries_total / { r = $NF }
+	/^sluice_aborted_responses_total / { a = $NF }
+	/^sluice_upstream_failures_total\{/ { f += $NF }
+	/^sluice_upstream_healthy\{/ { h = h (h == "" ? "" : ",") $NF }
+	END {
+		if (n == "") { print "no sluice_requests_total in the scrape"; exit }
+		printf "%.0f requests counted (%.0f 2xx), %.0f retries, %.0f aborted, %.0f upstream failures, upstream healthy=%s", n, ok, r, a, f, h
+	}' "$1"
+}
+METRICS_LINES=()
+for t in "${LIVE[@]}"; do
+	for m_inst in 1 2; do
+		if [ "$m_inst" = 1 ]; then m_port=${ADMIN1[$t]:-} m_name=$t; else m_port=${ADMIN2[$t]:-} m_name=$t-h2c; fi
+		[ -n "$m_port" ] || continue
+		m_file="$TMP/logs/$m_name.metrics.txt"
+		if scrape "$m_port" >"$m_file" && grep -q '^sluice_requests_total' "$m_file"; then
+			METRICS_LINES+=("$m_name /metrics after the run: $(metrics_summary "$m_file")")
+		else
+			METRICS_LINES+=("$m_name /metrics after the run: scrape of 127.0.0.1:$m_port failed")
+		fi
+		say "bench: ${METRICS_LINES[-1]}"
+	done
+done
+
 # ---- report ---------------------------------------------------------------------------
 # Per workload and target: the median over rounds of every figure, the worst
 # (largest) peak RSS, the sum of errors, and the spread of the headline figure.
@@ -824,8 +886,13 @@ versions() {
 	if has_target sluice || has_target sluice+features; then
 		v=$(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo "no commit")
 		[ -z "$(git -C "$REPO_DIR" status --porcelain 2>/dev/null | head -1)" ] || v="$v + uncommitted changes"
-		printf -- '- sluice: %s; h2c flag: %s; sluice+features flags: --access-log FILE --retries 2 %s\n' "$v" \
-			"${SLUICE_H2C_FLAG:-none}" "$SLUICE_FEATURE_FLAGS"
+		local feat="--access-log FILE --retries 2"
+		[ "$SLUICE_HAS_ADMIN" = 0 ] || feat="$feat --admin 127.0.0.1:PORT"
+		[ -z "$SLUICE_FEATURE_FLAGS" ] || feat="$feat $SLUICE_FEATURE_FLAGS"
+		printf -- '- sluice: %s; h2c flag: %s; sluice+features flags: %s (passive health on by default)\n' "$v" \
+			"${SLUICE_H2C_FLAG:-none}" "$feat"
+		local l
+		for l in "${METRICS_LINES[@]}"; do printf -- '- %s\n' "$l"; done
 	fi
 	! has_target nginx || printf -- '- nginx: %s\n' "$(nginx -v 2>&1 | sed 's/.*version: //')"
 	! has_target haproxy || printf -- '- haproxy: %s\n' "$(haproxy -v 2>&1 | head -1 | awk '{print $3}')"
