@@ -20,9 +20,9 @@ import (
 // Observe is on every request's path, so it takes no lock and allocates
 // nothing: every count is an atomic in a fixed array indexed by method,
 // status and histogram bucket, and the only lookup, the upstream's address,
-// reads a copy-on-write map. The request-wide counts are sharded, about one
-// shard per CPU, so cores do not fight over the same cache lines; a scrape
-// adds the shards up.
+// reads a copy-on-write map. The counts are sharded, about one shard per CPU
+// (per upstream, up to maxUpstreamShards), so cores do not fight over the
+// same cache lines; a scrape adds the shards up.
 //
 // Label values are fixed sets (methods outside the standard nine are
 // "OTHER", statuses outside 100-599 "other") or upstream addresses, which
@@ -38,6 +38,7 @@ type Metrics struct {
 // shard holds the request-wide counts; the padding keeps a neighbour's hot
 // counters off its last cache line.
 type shard struct {
+	up        int // index into upstreamStats.shards
 	requests  [numMethods][numCodes]atomic.Uint64
 	durations [numClasses]histogram
 	retries   atomic.Uint64
@@ -51,13 +52,21 @@ type shard struct {
 // rest are counted under upstream="other".
 const MaxUpstreams = 1024
 
-// maxShards bounds the memory of the shards (about 41 KiB each).
-const maxShards = 64
+// maxShards bounds the memory of the shards (about 41 KiB each), and
+// maxUpstreamShards that of each upstream address (about 4 KiB a shard).
+const (
+	maxShards         = 64
+	maxUpstreamShards = 8
+)
 
 // NewMetrics returns an empty Metrics.
 func NewMetrics() *Metrics {
 	n := min(max(runtime.GOMAXPROCS(0), 1), maxShards)
 	m := &Metrics{shards: make([]shard, n)}
+	nUp := min(n, maxUpstreamShards)
+	for i := range m.shards {
+		m.shards[i].up = i % nUp
+	}
 	// sync.Pool keeps one item per P, so Get then Put is a lock-free
 	// P-local lookup. The items are pointers into m.shards, never
 	// allocated: when a GC empties the pool, New hands out shards round
@@ -66,6 +75,8 @@ func NewMetrics() *Metrics {
 		return &m.shards[int(m.next.Add(1)-1)%len(m.shards)]
 	}
 	m.upstreams.max = MaxUpstreams
+	m.upstreams.shards = nUp
+	m.upstreams.other.shards = make([]upstreamShard, nUp)
 	return m
 }
 
@@ -100,16 +111,14 @@ func (m *Metrics) Observe(s proxy.Summary) {
 	if s.Upstream == "" {
 		return
 	}
-	// Per upstream, one set of counts: traffic spreads over upstreams, and
-	// a copy per CPU per address would cost too much memory.
-	u := m.upstreams.get(s.Upstream)
+	u := &m.upstreams.get(s.Upstream).shards[sh.up]
 	u.requests[code].Add(1)
 	if s.UpstreamLatency > 0 { // 0: no response headers came
 		u.latency.observe(s.UpstreamLatency)
 	}
 }
 
-// Methods: the nine of RFC 9110 and PATCH, then everything else.
+// Methods: the eight of RFC 9110 and PATCH (RFC 5789), then everything else.
 var methodNames = [...]string{"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE", "OTHER"}
 
 const numMethods = len(methodNames)
@@ -174,21 +183,27 @@ func classIndex(status int) int {
 	return status/100 - 1
 }
 
-// upstreamStats are the counts of one upstream address.
+// upstreamStats are the counts of one upstream address, in shards.
 type upstreamStats struct {
-	addr     string
+	addr   string
+	shards []upstreamShard
+}
+
+type upstreamShard struct {
 	requests [numCodes]atomic.Uint64
 	latency  histogram
+	_        [64]byte
 }
 
 // upstreamSet maps upstream addresses to their counts. Readers load the
 // current map without a lock; a new address copies it under mu, which
 // happens once per address.
 type upstreamSet struct {
-	m     atomic.Pointer[map[string]*upstreamStats]
-	mu    sync.Mutex
-	max   int
-	other upstreamStats // addresses beyond max
+	m      atomic.Pointer[map[string]*upstreamStats]
+	mu     sync.Mutex
+	max    int
+	shards int           // per address
+	other  upstreamStats // addresses beyond max
 }
 
 func (s *upstreamSet) get(addr string) *upstreamStats {
@@ -221,7 +236,7 @@ func (s *upstreamSet) add(addr string) *upstreamStats {
 	for k, v := range old {
 		next[k] = v
 	}
-	u := &upstreamStats{addr: strings.Clone(addr)}
+	u := &upstreamStats{addr: strings.Clone(addr), shards: make([]upstreamShard, s.shards)}
 	next[u.addr] = u
 	s.m.Store(&next)
 	return u
@@ -240,9 +255,11 @@ func (s *upstreamSet) each(fn func(label string, u *upstreamStats)) {
 }
 
 func (u *upstreamStats) used() bool {
-	for i := range u.requests {
-		if u.requests[i].Load() != 0 {
-			return true
+	for i := range u.shards {
+		for j := range u.shards[i].requests {
+			if u.shards[i].requests[j].Load() != 0 {
+				return true
+			}
 		}
 	}
 	return false
@@ -391,13 +408,20 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descBytesIn, prometheus.CounterValue, float64(bytesIn))
 	ch <- prometheus.MustNewConstMetric(descBytesOut, prometheus.CounterValue, float64(bytesOut))
 	m.upstreams.each(func(label string, u *upstreamStats) {
-		for ci := range u.requests {
-			if n := u.requests[ci].Load(); n != 0 {
+		var requests [numCodes]uint64
+		var lat histSnapshot
+		for i := range u.shards {
+			us := &u.shards[i]
+			for ci := range us.requests {
+				requests[ci] += us.requests[ci].Load()
+			}
+			lat.add(&us.latency)
+		}
+		for ci, n := range requests {
+			if n != 0 {
 				ch <- prometheus.MustNewConstMetric(descUpRequests, prometheus.CounterValue, float64(n), label, codeNames[ci])
 			}
 		}
-		var lat histSnapshot
-		lat.add(&u.latency)
 		if lat.count() != 0 {
 			ch <- lat.metric(descUpLatency, label)
 		}

@@ -2,6 +2,7 @@ package admin
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -232,5 +233,41 @@ func BenchmarkCollect(b *testing.B) {
 		if _, err := reg.Gather(); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestMetricsSumsShards: a scrape adds up every shard, whichever CPU
+// counted.
+func TestMetricsSumsShards(t *testing.T) {
+	m := NewMetrics()
+	s := proxy.Summary{Method: "GET", Status: 200, Upstream: "a:1", Attempts: 2, Duration: time.Millisecond, UpstreamLatency: time.Millisecond, BytesOut: 3}
+	m.Observe(s) // creates a:1
+	u := m.upstreams.get("a:1")
+	for i := range m.shards {
+		sh := &m.shards[i]
+		sh.requests[methodIndex("GET")][codeIndex(200)].Add(1)
+		sh.durations[classIndex(200)].observe(time.Millisecond)
+		sh.retries.Add(1)
+		sh.bytesOut.Add(3)
+		us := &u.shards[sh.up]
+		us.requests[codeIndex(200)].Add(1)
+		us.latency.observe(time.Millisecond)
+	}
+	n := len(m.shards) + 1
+	text := gathered(t, m)
+	for _, want := range []string{
+		fmt.Sprintf(`sluice_requests_total{code="200",method="GET"} %d`, n),
+		fmt.Sprintf(`sluice_request_duration_seconds_count{code_class="2xx"} %d`, n),
+		fmt.Sprintf(`sluice_retries_total %d`, n),
+		fmt.Sprintf(`sluice_response_bytes_total %d`, 3*n),
+		fmt.Sprintf(`sluice_upstream_requests_total{code="200",upstream="a:1"} %d`, n),
+		fmt.Sprintf(`sluice_upstream_response_latency_seconds_count{upstream="a:1"} %d`, n),
+	} {
+		if !strings.Contains(text, want+"\n") {
+			t.Errorf("missing %s in\n%s", want, text)
+		}
+	}
+	if len(u.shards) != min(len(m.shards), maxUpstreamShards) {
+		t.Errorf("%d upstream shards for %d CPU shards", len(u.shards), len(m.shards))
 	}
 }
