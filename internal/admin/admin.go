@@ -59,7 +59,8 @@ func New(pool *upstream.Pool, m *Metrics) (*Admin, error) {
 	a.metrics = promhttp.HandlerFor(reg, promhttp.HandlerOpts{
 		// A failing collector leaves its series out; the rest are served.
 		ErrorHandling: promhttp.ContinueOnError,
-		// Scrapes are cheap, but not free: a few at a time is plenty.
+		// Scrapes are cheap, but not free: a few at a time is plenty;
+		// more get 503.
 		MaxRequestsInFlight: 4,
 		Timeout:             10 * time.Second,
 	})
