@@ -1,9 +1,11 @@
 package server
 
 import (
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"sync/atomic"
 	"time"
 )
@@ -52,8 +54,13 @@ func clientTimeouts(h http.Handler, o Options) http.Handler {
 		// request (HTTP/1) or stream (HTTP/2), which already bounds the
 		// final flush and must not be moved.
 		boundFinalFlush: o.WriteTimeout <= 0,
-		log:             o.Logger,
+		// HTTP/1 connection deadlines are free for our use only when the
+		// server sets none of its own for the whole request.
+		coarseRead:  o.ReadTimeout <= 0,
+		coarseWrite: o.WriteTimeout <= 0,
+		log:         o.Logger,
 	}
+	th.readSlack, th.writeSlack = slackFor(th.read), slackFor(th.write)
 	if th.read == 0 && th.write == 0 {
 		return h
 	}
@@ -61,34 +68,69 @@ func clientTimeouts(h http.Handler, o Options) http.Handler {
 }
 
 type timeoutHandler struct {
-	h               http.Handler
-	read, write     time.Duration
-	boundFinalFlush bool
-	log             *slog.Logger
+	h                       http.Handler
+	read, write             time.Duration
+	boundFinalFlush         bool
+	coarseRead, coarseWrite bool
+	readSlack, writeSlack   int64 // nanoseconds, see coarseSlack
+	log                     *slog.Logger
+}
+
+// coarseSlack is how stale an HTTP/1 connection deadline may get before a
+// read or write moves it: a blocked I/O is cut off between limit-slack and
+// limit after it began, and a response's many writes cost one deadline
+// update instead of two timer operations each. The slack is at most an
+// eighth of the limit.
+const coarseSlack = time.Second
+
+func slackFor(limit time.Duration) int64 { return int64(min(coarseSlack, limit/8)) }
+
+// connDeadlines is what net/http's HTTP/1 ResponseWriter offers (through
+// http.ResponseController) to move the connection's deadlines.
+type connDeadlines interface {
+	SetReadDeadline(time.Time) error
+	SetWriteDeadline(time.Time) error
 }
 
 // reqWatch is the per-request state: one allocation holds the body and
 // response wrappers; the timers are made before the handler runs.
 type reqWatch struct {
-	th        *timeoutHandler
-	w         http.ResponseWriter // the ResponseWriter we wrap
-	r         *http.Request
-	body      watchedBody
-	rw        watchedHijacker // rw.watchedWriter for HTTP/2
-	rt, wt    *time.Timer     // nil when that limit is off
-	wrote     bool            // a final status or body bytes went out
-	readFired atomic.Bool
-	hijacked  atomic.Bool
-	done      atomic.Bool
+	th     *timeoutHandler
+	w      http.ResponseWriter // the ResponseWriter we wrap
+	r      *http.Request
+	body   watchedBody
+	rw     watchedHijacker // rw.watchedWriter for HTTP/2
+	rt, wt *time.Timer     // nil when that limit is off or coarse
+	wrote  bool            // a final status or body bytes went out
+	// HTTP/1: the connection's deadlines are moved before I/O instead
+	// of timers being run around it (see coarseSlack). conn is nil when
+	// both limits use timers.
+	conn                  connDeadlines
+	coarseRd, coarseWr    bool
+	expectContinue        bool         // a body read may write "100 Continue"
+	readArmed, writeArmed atomic.Int64 // monoNow() when last moved, 0 never
+	readFired             atomic.Bool
+	hijacked              atomic.Bool
+	done                  atomic.Bool
 }
 
 func (th *timeoutHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	g := &reqWatch{th: th, w: w, r: r}
+	if r.ProtoMajor == 1 {
+		if c, ok := w.(connDeadlines); ok {
+			g.conn = c
+			g.coarseRd = th.coarseRead && th.read > 0
+			g.coarseWr = th.coarseWrite && th.write > 0
+			g.expectContinue = r.Header.Get("Expect") != ""
+		}
+	}
 	if th.read > 0 && r.Body != nil && r.Body != http.NoBody {
-		// Made before the body is handed out: the transport may read it
-		// on another goroutine.
-		g.rt = time.AfterFunc(th.read, g.readTimedOut)
-		g.rt.Stop()
+		if !g.coarseRd {
+			// Made before the body is handed out: the transport may
+			// read it on another goroutine.
+			g.rt = time.AfterFunc(th.read, g.readTimedOut)
+			g.rt.Stop()
+		}
 		g.body = watchedBody{ReadCloser: r.Body, g: g}
 		// In place, like http.MaxBytesReader, and put back before
 		// returning: net/http looks at the type of r.Body after the
@@ -98,11 +140,11 @@ func (th *timeoutHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		r.Body = &g.body
 		defer func() { r.Body = orig }()
 	}
-	if th.write > 0 {
+	if th.write > 0 && !g.coarseWr {
 		g.wt = time.AfterFunc(th.write, g.writeTimedOut)
 		g.wt.Stop()
 	}
-	if g.rt == nil && g.wt == nil {
+	if g.rt == nil && g.wt == nil && g.body.g == nil && !g.coarseWr {
 		th.h.ServeHTTP(w, r)
 		return
 	}
@@ -132,8 +174,87 @@ func (th *timeoutHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// gone, stream reset): on HTTP/2 the deadline's timer would outlive
 	// the closed stream and pin it until it fires, which a reset flood
 	// would turn into memory.
-	if g.wt != nil && th.boundFinalFlush && r.Context().Err() == nil {
+	switch {
+	case g.coarseWr:
+		g.armWrite() // boundFinalFlush holds: coarse needs WriteTimeout off
+	case g.wt != nil && th.boundFinalFlush && r.Context().Err() == nil:
 		_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(th.write))
+	}
+}
+
+// beginWrite and endWrite bracket every call that may write to the client.
+func (g *reqWatch) beginWrite() {
+	switch {
+	case g.coarseWr:
+		g.armWrite()
+	case g.wt != nil:
+		g.wt.Reset(g.th.write)
+	}
+}
+
+func (g *reqWatch) endWrite(err error) {
+	switch {
+	case g.wt != nil:
+		g.wt.Stop()
+	case g.coarseWr && errors.Is(err, os.ErrDeadlineExceeded) && !g.done.Load():
+		g.th.log.Debug("closing slow client: response write blocked",
+			"timeout", g.th.write.String(), "remote", g.r.RemoteAddr, "uri", g.r.RequestURI)
+	}
+}
+
+// armWrite moves the connection's write deadline to th.write from now,
+// unless it was moved less than coarseSlack ago.
+func (g *reqWatch) armWrite() {
+	if arm(&g.writeArmed, g.th.writeSlack) {
+		_ = g.conn.SetWriteDeadline(time.Now().Add(g.th.write))
+	}
+}
+
+// arm reports whether a deadline last moved at *last must move now, and
+// notes that it does. Atomic: a 1xx relay may write while the body is read.
+func arm(last *atomic.Int64, slack int64) bool {
+	now := monoNow()
+	prev := last.Load()
+	if prev != 0 && now-prev < slack {
+		return false
+	}
+	last.Store(now)
+	return true
+}
+
+// monoNow is nanoseconds on the monotonic clock: a wall-clock step must not
+// make a deadline look fresh.
+func monoNow() int64 { return int64(time.Since(monoBase)) + 1 }
+
+var monoBase = time.Now()
+
+// beginRead and endRead bracket every read of the request body.
+func (g *reqWatch) beginRead() {
+	if g.expectContinue && g.coarseWr {
+		// net/http writes "100 Continue" from inside this read, outside
+		// any write of ours: the write deadline may be long past.
+		g.armWrite()
+	}
+	if g.rt != nil {
+		g.rt.Reset(g.th.read)
+		return
+	}
+	if g.coarseRd && arm(&g.readArmed, g.th.readSlack) {
+		_ = g.conn.SetReadDeadline(time.Now().Add(g.th.read))
+	}
+}
+
+func (g *reqWatch) endRead(err error) {
+	if g.rt != nil {
+		g.rt.Stop()
+		return
+	}
+	if g.coarseRd && errors.Is(err, os.ErrDeadlineExceeded) && !g.readFired.Load() {
+		// net/http has cancelled the request's context and will not
+		// reuse the connection, as with the timer.
+		g.readFired.Store(true)
+		g.th.log.Debug("closing slow client: no request body bytes",
+			"timeout", g.th.read.String(), "remote", g.r.RemoteAddr, "uri", g.r.RequestURI)
 	}
 }
 
@@ -147,7 +268,7 @@ func (g *reqWatch) requestTimeout() {
 	}
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	h.Set("X-Content-Type-Options", "nosniff")
-	if g.wt != nil {
+	if g.th.write > 0 {
 		_ = http.NewResponseController(g.w).SetWriteDeadline(time.Now().Add(g.th.write))
 	}
 	g.w.WriteHeader(http.StatusRequestTimeout)
@@ -201,8 +322,8 @@ type watchedBody struct {
 }
 
 func (b *watchedBody) Read(p []byte) (int, error) {
-	b.g.rt.Reset(b.g.th.read)
+	b.g.beginRead()
 	n, err := b.ReadCloser.Read(p)
-	b.g.rt.Stop()
+	b.g.endRead(err)
 	return n, err
 }

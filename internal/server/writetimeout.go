@@ -29,12 +29,9 @@ type watchedWriter struct {
 
 func (w *watchedWriter) Write(p []byte) (int, error) {
 	w.g.wrote = true
-	if w.g.wt == nil {
-		return w.ResponseWriter.Write(p)
-	}
-	w.g.wt.Reset(w.g.th.write)
+	w.g.beginWrite()
 	n, err := w.ResponseWriter.Write(p)
-	w.g.wt.Stop()
+	w.g.endWrite(err)
 	return n, err
 }
 
@@ -42,13 +39,9 @@ func (w *watchedWriter) WriteHeader(code int) {
 	if code >= 200 || code == http.StatusSwitchingProtocols {
 		w.g.wrote = true
 	}
-	if w.g.wt == nil {
-		w.ResponseWriter.WriteHeader(code)
-		return
-	}
-	w.g.wt.Reset(w.g.th.write)
+	w.g.beginWrite()
 	w.ResponseWriter.WriteHeader(code)
-	w.g.wt.Stop()
+	w.g.endWrite(nil)
 }
 
 // Flush keeps http.Flusher working for callers that type-assert it.
@@ -58,12 +51,9 @@ func (w *watchedWriter) Flush() { _ = w.FlushError() }
 // learns that the flush failed.
 func (w *watchedWriter) FlushError() error {
 	w.g.wrote = true // a flush sends the header, 200 if none was set
-	if w.g.wt == nil {
-		return http.NewResponseController(w.ResponseWriter).Flush()
-	}
-	w.g.wt.Reset(w.g.th.write)
+	w.g.beginWrite()
 	err := http.NewResponseController(w.ResponseWriter).Flush()
-	w.g.wt.Stop()
+	w.g.endWrite(err)
 	return err
 }
 
