@@ -37,7 +37,7 @@ func (rt *roundTrip) logAccess() {
 		slog.Int("status", rt.status),
 		slog.String("upstream", upstreamAddr(rt.up)),
 		slog.Int("attempts", rt.attempts),
-		slog.Int64("bytes_in", rt.body.bytesRead()),
+		slog.Int64("bytes_in", rt.body.bytesRead()+rt.upBytes),
 		slog.Int64("bytes_out", rt.written),
 		slog.Duration("duration", time.Since(rt.start)),
 		slog.Duration("upstream_latency", rt.ttfb),

@@ -27,8 +27,9 @@ type Summary struct {
 	// BytesIn counts request body bytes read; BytesOut response body
 	// bytes written (both directions of a tunnel for an upgrade).
 	BytesIn, BytesOut int64
-	// Aborted is true when the response was cut short: the client saw a
-	// truncated body or a reset stream.
+	// Aborted is true when the client's stream was aborted rather than
+	// ended: a truncated body, a reset stream, or a client that left
+	// (Status 499, whether or not anything had been sent).
 	Aborted bool
 	// Err is what went wrong, nil on a clean response.
 	Err error

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sluiceproxy/sluice/internal/accesslog"
 	"github.com/sluiceproxy/sluice/internal/admin"
 	"github.com/sluiceproxy/sluice/internal/server"
 	"github.com/sluiceproxy/sluice/proxy"
@@ -30,7 +31,7 @@ type env struct {
 // runProxy serves `sluice proxy` until ctx ends.
 func runProxy(ctx context.Context, o proxyOptions, e env) error {
 	log := newLogger(e.stderr, o.LogFormat, o.LogLevel)
-	var access *slog.Logger
+	var access func(proxy.Summary)
 	if o.AccessLog != "" {
 		w := e.stdout
 		if o.AccessLog != "-" {
@@ -46,7 +47,9 @@ func runProxy(ctx context.Context, o proxyOptions, e env) error {
 			defer bl.Close() // before the file closes: defers run last-in first-out
 			w = bl
 		}
-		access = slog.New(slog.NewJSONHandler(w, nil))
+		// The same JSON line as slog's handler would write for
+		// Config.AccessLog, at a quarter of the cost (internal/accesslog).
+		access = accesslog.New(w).Log
 	}
 	cfg, tr, err := o.toConfig(log, access)
 	if err != nil {
@@ -135,7 +138,7 @@ type idleCloser interface{ CloseIdleConnections() }
 // toConfig maps the command line to the library's configuration. The
 // transport is returned so the caller can close its idle connections
 // (proxy.Handler.Close only does that for a transport it made itself).
-func (o proxyOptions) toConfig(log, access *slog.Logger) (proxy.Config, idleCloser, error) {
+func (o proxyOptions) toConfig(log *slog.Logger, access func(proxy.Summary)) (proxy.Config, idleCloser, error) {
 	policy, err := newPolicy(o.LBPolicy)
 	if err != nil {
 		return proxy.Config{}, nil, &usageError{"proxy", fmt.Sprintf("--lb-policy %q: %v", o.LBPolicy, err)}
@@ -191,7 +194,7 @@ func (o proxyOptions) toConfig(log, access *slog.Logger) (proxy.Config, idleClos
 		HeaderUp:         o.HeaderUp,
 		HeaderDown:       o.HeaderDown,
 		Logger:           log,
-		AccessLog:        access,
+		Observe:          access,
 	}
 	// The library reads zero as "default"; on the command line zero means
 	// none.
