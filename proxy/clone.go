@@ -6,7 +6,7 @@ import (
 	"strings"
 )
 
-// cloneRequest makes the outbound request. Header, Trailer and URL are deep
+// cloneRequest makes the outbound request. Header, Trailer and URL are
 // copies: the inbound request is read by middleware and the access log after
 // we return, and the 1xx callback runs on another goroutine, so sharing maps
 // would race. The URL's scheme and host are blanked so an absolute-form
@@ -23,11 +23,7 @@ func cloneRequest(ctx context.Context, in *http.Request) *http.Request {
 		u.Opaque = "" // only origin-form paths are ever sent
 	}
 	out.URL = &u
-	if in.Header != nil {
-		out.Header = in.Header.Clone()
-	} else {
-		out.Header = make(http.Header)
-	}
+	out.Header = copyHeader(in.Header)
 	out.Trailer = in.Trailer.Clone()
 	out.RequestURI = "" // the transport refuses requests that carry one
 	out.Close = false   // always reuse upstream connections
@@ -94,4 +90,20 @@ func validTarget(r *http.Request) bool {
 	}
 	_, ok := cutHTTPScheme(t)
 	return ok
+}
+
+// headerRoom is how many keys prepare may add to a copied header
+// (X-Forwarded-For/-Proto/-Host, User-Agent, Te) without the map growing.
+const headerRoom = 5
+
+// copyHeader copies the map, sized for what prepare adds, and shares the
+// value slices with their capacity clipped: nothing in the proxy writes into
+// a value slice (edits replace the slice), and an append copies. One
+// allocation where Header.Clone makes two and the map then grows.
+func copyHeader(h http.Header) http.Header {
+	out := make(http.Header, len(h)+headerRoom)
+	for k, vv := range h {
+		out[k] = vv[:len(vv):len(vv)]
+	}
+	return out
 }
