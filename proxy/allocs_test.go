@@ -14,7 +14,7 @@ import (
 // nothing). Allocation counts are stable where times are not: this test
 // fails when a change adds allocations to the hot path. Lower it when you
 // remove some; raise it only with a reason in the commit message.
-const allocBudget = 24
+const allocBudget = 19
 
 func TestAllocBudgetSmallGET(t *testing.T) {
 	if testing.Short() {
@@ -26,7 +26,8 @@ func TestAllocBudgetSmallGET(t *testing.T) {
 	h := benchHandler(t, rawBackend(t), proxy.TransportOptions{})
 	w := &discardWriter{h: make(http.Header)}
 	// As from a real server: a cancellable context, which the transport
-	// watches so a client that leaves aborts the upstream exchange.
+	// watches so a client that leaves aborts the upstream exchange (lazily:
+	// an exchange inside the fast window registers no watch, h1watch.go).
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	r := benchRequest().WithContext(ctx)

@@ -27,6 +27,15 @@ type h1conn struct {
 	peekBuf  [1]byte
 	peekFn   func(fd uintptr) bool // built once per connection: no allocation per check
 	peekDead bool
+
+	// One exchange's deadlines and client watch (h1watch.go).
+	ctx         context.Context // the client's, nil when it cannot end
+	stop        func() bool     // the registered watch, once escalated
+	window      bool            // the fast window's deadline is set
+	windowWrite bool            // ... on writes too
+	windowEnd   time.Time
+	inHeaders   bool
+	hdrDeadline time.Time // zero: no response header timeout
 }
 
 var errResponseHeaderTooLarge = errors.New("upstream response headers exceed the limit")
@@ -41,6 +50,17 @@ func (c *h1conn) Read(p []byte) (int, error) {
 		}
 	}
 	n, err := c.nc.Read(p)
+	for n == 0 && err != nil {
+		expired, werr := c.windowExpired(err)
+		if !expired {
+			break
+		}
+		if werr != nil {
+			err = werr
+			break
+		}
+		n, err = c.nc.Read(p)
+	}
 	c.read += int64(n)
 	if err != nil {
 		c.readErr = err
@@ -52,7 +72,21 @@ func (c *h1conn) Read(p []byte) (int, error) {
 }
 
 func (c *h1conn) Write(p []byte) (int, error) {
+	c.beforeWrite(len(p))
 	n, err := c.nc.Write(p)
+	for err != nil {
+		expired, werr := c.windowExpired(err)
+		if !expired {
+			break
+		}
+		if werr != nil {
+			err = werr
+			break
+		}
+		var m int
+		m, err = c.nc.Write(p[n:])
+		n += m
+	}
 	c.written += int64(n)
 	return n, err
 }

@@ -30,15 +30,22 @@ const max1xxResponses = 64
 // roundTripH1 sends req over a pooled connection and reads the response
 // headers on the calling goroutine. The response body reads from the same
 // connection, which goes back to the pool when the body is fully read.
-func (t *Transport) roundTripH1(req *http.Request, body *replayReader) (*http.Response, error) {
+func (t *Transport) roundTripH1(req *http.Request, body *replayReader, trace *httptrace.ClientTrace) (*http.Response, error) {
 	ctx := req.Context()
 	for try := 0; ; try++ {
+		if err := ctx.Err(); err != nil {
+			// The client left (an HTTP/2 stream reset before its handler
+			// ran, say): send nothing. The exchange would notice only
+			// when its fast window ends (h1watch.go).
+			closeBody(req, body)
+			return nil, err
+		}
 		c, err := t.getConn(ctx, req.URL.Host)
 		if err != nil {
 			closeBody(req, body)
 			return nil, err
 		}
-		res, err := t.exchange(ctx, c, req, body)
+		res, err := t.exchange(ctx, c, req, body, trace)
 		if err == nil {
 			if body != nil {
 				body.Close() // written in full; the bytes are no longer needed
@@ -77,17 +84,13 @@ func closeBody(req *http.Request, body *replayReader) {
 
 // exchange writes req on c and reads the final response headers. On error c
 // is closed.
-func (t *Transport) exchange(ctx context.Context, c *h1conn, req *http.Request, body *replayReader) (*http.Response, error) {
-	// Abort blocked I/O when the client goes away; the watch lasts until
-	// the response body is done.
-	var stop func() bool
-	if ctx.Done() != nil {
-		stop = context.AfterFunc(ctx, func() { c.nc.SetDeadline(aLongTimeAgo) })
-	}
+func (t *Transport) exchange(ctx context.Context, c *h1conn, req *http.Request, body *replayReader,
+	trace *httptrace.ClientTrace) (*http.Response, error) {
+	// Abort blocked I/O when the client goes away, until the response
+	// body is done: see h1watch.go.
+	c.beginExchange(ctx, req.ProtoMajor >= 2)
 	fail := func(err error) (*http.Response, error) {
-		if stop != nil {
-			stop()
-		}
+		c.endExchange()
 		c.close()
 		return nil, err
 	}
@@ -95,18 +98,10 @@ func (t *Transport) exchange(ctx context.Context, c *h1conn, req *http.Request, 
 	if err := writeRequest(c.bw, req, body); err != nil {
 		return fail(err)
 	}
-
-	if d := t.opts.ResponseHeaderTimeout; d > 0 {
-		c.nc.SetReadDeadline(time.Now().Add(d))
-		// The cancel callback sets a past deadline; if it ran before the
-		// line above, we just overwrote it. ctx.Err is set before the
-		// callback runs, so checking after setting cannot miss it.
-		if ctx.Err() != nil {
-			return fail(ctx.Err())
-		}
+	if err := c.startHeaders(t.opts.ResponseHeaderTimeout); err != nil {
+		return fail(err)
 	}
 	c.headerLimit = t.opts.MaxResponseHeaderBytes
-	trace := httptrace.ContextClientTrace(ctx)
 	var res *http.Response
 	for n := 0; ; n++ {
 		var err error
@@ -136,17 +131,14 @@ func (t *Transport) exchange(ctx context.Context, c *h1conn, req *http.Request, 
 		}
 	}
 	c.headerLimit = -1
-	if t.opts.ResponseHeaderTimeout > 0 {
-		c.nc.SetReadDeadline(time.Time{})
-		if ctx.Err() != nil { // as above
-			res.Body.Close()
-			return fail(ctx.Err())
-		}
+	if err := c.endHeaders(); err != nil {
+		res.Body.Close()
+		return fail(err)
 	}
 	if res.StatusCode == http.StatusSwitchingProtocols {
 		return fail(errUnexpected101)
 	}
-	res.Body = &h1body{t: t, c: c, rc: res.Body, stop: stop, ctx: ctx,
+	res.Body = &h1body{t: t, c: c, rc: res.Body, ctx: ctx,
 		reusable: !res.Close && !req.Close}
 	return res, nil
 }
@@ -157,7 +149,6 @@ type h1body struct {
 	t        *Transport
 	c        *h1conn
 	rc       io.ReadCloser
-	stop     func() bool
 	ctx      context.Context
 	reusable bool
 	done     bool
@@ -191,7 +182,7 @@ func (b *h1body) Close() error {
 
 func (b *h1body) finish(complete bool) {
 	b.done = true
-	if b.stop != nil && !b.stop() {
+	if !b.c.endExchange() {
 		complete = false // the client's context fired; the deadline is poisoned
 	}
 	// Bytes after the end of the response were never asked for: the

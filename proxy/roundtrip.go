@@ -77,7 +77,12 @@ func (rt *roundTrip) serve() {
 		return
 	}
 	rt.info.init(rt.w, rt.in)
-	rt.out = cloneRequest(httptrace.WithClientTrace(rt.in.Context(), &rt.info.trace), rt.in)
+	octx := rt.in.Context()
+	if _, own := h.transport.(*Transport); !own {
+		// Any other RoundTripper learns of 1xx through the context.
+		octx = httptrace.WithClientTrace(octx, &rt.info.trace)
+	}
+	rt.out = cloneRequest(octx, rt.in)
 	rt.prepare()
 	if err := rt.body.init(rt.in, rt.out, h.maxBuffer, &rt.info); err != nil {
 		rt.badBody(err)
@@ -185,7 +190,12 @@ func (rt *roundTrip) attempt() (*http.Response, failure, error) {
 
 	rt.info.setActive(true)
 	t0 := time.Now()
-	res, err := h.transport.RoundTrip(out)
+	var res *http.Response
+	if t, own := h.transport.(*Transport); own {
+		res, err = t.roundTripTraced(out, &rt.info.trace)
+	} else {
+		res, err = h.transport.RoundTrip(out)
+	}
 	rt.info.setActive(false)
 	lat := time.Since(t0)
 

@@ -107,12 +107,23 @@ func (t *Transport) dial(ctx context.Context, network, addr string) (net.Conn, e
 	return c, nil
 }
 
-// RoundTrip implements http.RoundTripper.
+// RoundTrip implements http.RoundTripper. A Got1xxResponse hook of an
+// httptrace.ClientTrace in the request's context is honoured on both paths.
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if body, ok := t.synchronous(req); ok {
-		return t.roundTripH1(req, body)
+		return t.roundTripH1(req, body, httptrace.ContextClientTrace(req.Context()))
 	}
 	return t.roundTripStd(req)
+}
+
+// roundTripTraced is RoundTrip with the Handler's 1xx trace passed along
+// instead of in the context: the synchronous path then needs no context
+// wrapper (two allocations per request); only net/http's gets one.
+func (t *Transport) roundTripTraced(req *http.Request, trace *httptrace.ClientTrace) (*http.Response, error) {
+	if body, ok := t.synchronous(req); ok {
+		return t.roundTripH1(req, body, trace)
+	}
+	return t.roundTripStd(req.WithContext(httptrace.WithClientTrace(req.Context(), trace)))
 }
 
 // roundTripStd uses net/http's Transport. It does the TLS handshake (and

@@ -1,0 +1,145 @@
+package proxy
+
+import (
+	"context"
+	"time"
+)
+
+// The synchronous path must abort blocked upstream I/O when the client
+// leaves. Registering a context.AfterFunc for that costs five allocations
+// and a lock on the request's context per request, and almost every
+// exchange finishes long before anyone could leave. So an exchange starts
+// with a short deadline instead (fastWindow); only when I/O is still
+// blocked at its end does the connection escalate: it checks the context,
+// registers the watch and puts the real deadlines in place, and the I/O
+// carries on where it stopped. A small GET answered within the window costs
+// one deadline set and one clear, as the header timeout alone did before.
+
+// fastWindow is how long an exchange runs before it watches the client's
+// context: the longest a client's leaving can go unnoticed.
+const fastWindow = 100 * time.Millisecond
+
+// watchWriteAbove is the request size from which writes get the window's
+// deadline too. A smaller request is one write into an idle connection's
+// empty send buffer (at least 4 KiB on Linux), which cannot block.
+const watchWriteAbove = 4 << 10
+
+// beginExchange sets up the deadlines of one exchange on c. With eager the
+// watch starts at once: a request that came over HTTP/2, where a client can
+// reset streams by the thousand and each would otherwise hold an upstream
+// request for the whole window (TestH2ResetFloods).
+func (c *h1conn) beginExchange(ctx context.Context, eager bool) {
+	c.stop = nil
+	c.inHeaders = true
+	c.hdrDeadline = time.Time{}
+	c.windowWrite = false
+	if ctx.Done() == nil {
+		c.ctx, c.window = nil, false // nobody can leave: nothing to watch
+		return
+	}
+	if eager {
+		c.ctx, c.window = ctx, false
+		c.stop = context.AfterFunc(ctx, c.abortIO)
+		return
+	}
+	c.ctx, c.window = ctx, true
+	c.windowEnd = time.Now().Add(fastWindow)
+	c.nc.SetReadDeadline(c.windowEnd)
+}
+
+// beforeWrite gives a write that might block the window's deadline.
+func (c *h1conn) beforeWrite(n int) {
+	if c.window && !c.windowWrite && c.written+int64(n) >= watchWriteAbove {
+		c.windowWrite = true
+		c.nc.SetWriteDeadline(c.windowEnd)
+	}
+}
+
+// startHeaders starts the response header timeout d (0: none), counted from
+// now, when the request has been written.
+func (c *h1conn) startHeaders(d time.Duration) error {
+	if d <= 0 {
+		return nil
+	}
+	c.hdrDeadline = time.Now().Add(d)
+	if c.window {
+		if c.hdrDeadline.Before(c.windowEnd) {
+			c.nc.SetReadDeadline(c.hdrDeadline)
+		}
+		return nil
+	}
+	c.nc.SetReadDeadline(c.hdrDeadline)
+	return c.recheck()
+}
+
+// endHeaders lifts the header timeout once the final response's headers
+// are in. A window still open stays: it covers the body.
+func (c *h1conn) endHeaders() error {
+	c.inHeaders = false
+	if c.window || c.hdrDeadline.IsZero() {
+		return nil
+	}
+	c.nc.SetReadDeadline(time.Time{})
+	return c.recheck()
+}
+
+// recheck catches the watch having fired just before a deadline was set:
+// its past deadline was overwritten. ctx.Err is set before the watch runs,
+// so checking after setting cannot miss it.
+func (c *h1conn) recheck() error {
+	if c.ctx != nil {
+		return c.ctx.Err()
+	}
+	return nil
+}
+
+// windowExpired reports whether err is the window's deadline passing; if so
+// it escalates, and a nil error says the I/O should be tried again.
+func (c *h1conn) windowExpired(err error) (bool, error) {
+	if !c.window || !isTimeout(err) {
+		return false, nil
+	}
+	if !c.hdrDeadline.IsZero() && c.inHeaders && !time.Now().Before(c.hdrDeadline) {
+		return false, nil // the header timeout itself: a real timeout
+	}
+	c.window = false
+	if err := c.ctx.Err(); err != nil {
+		return true, err
+	}
+	if c.windowWrite {
+		c.nc.SetWriteDeadline(time.Time{})
+		c.windowWrite = false
+	}
+	if c.inHeaders && !c.hdrDeadline.IsZero() {
+		c.nc.SetReadDeadline(c.hdrDeadline)
+	} else {
+		c.nc.SetReadDeadline(time.Time{})
+	}
+	// Set after the deadlines above, so a watch that runs at once (the
+	// client just left) has the last word.
+	c.stop = context.AfterFunc(c.ctx, c.abortIO)
+	return true, nil
+}
+
+func (c *h1conn) abortIO() { c.nc.SetDeadline(aLongTimeAgo) }
+
+// endExchange stops the watch and clears the window's deadlines. It
+// reports false when the watch fired: its past deadline poisons the
+// connection.
+func (c *h1conn) endExchange() bool {
+	clean := true
+	if c.stop != nil {
+		clean = c.stop()
+		c.stop = nil
+	}
+	if c.window {
+		c.window = false
+		c.nc.SetReadDeadline(time.Time{})
+		if c.windowWrite {
+			c.nc.SetWriteDeadline(time.Time{})
+			c.windowWrite = false
+		}
+	}
+	c.ctx = nil
+	return clean
+}
