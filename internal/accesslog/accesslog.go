@@ -12,6 +12,7 @@ import (
 	"io"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -48,7 +49,7 @@ func (l *Logger) Log(s proxy.Summary) {
 // AppendLine appends the JSON line for s, logged at t, and a newline.
 func AppendLine(b []byte, t time.Time, s *proxy.Summary) []byte {
 	b = append(b, `{"time":"`...)
-	b = t.AppendFormat(b, "2006-01-02T15:04:05.000Z07:00")
+	b = appendTime(b, t)
 	b = append(b, `","level":"INFO","msg":"access","method":`...)
 	b = appendString(b, s.Method)
 	b = append(b, `,"uri":`...)
@@ -78,6 +79,33 @@ func AppendLine(b []byte, t time.Time, s *proxy.Summary) []byte {
 		b = appendString(b, s.Err.Error())
 	}
 	return append(b, "}\n"...)
+}
+
+// stamp is the formatted second, and zone, of the last line's time:
+// lines in the same second reuse them, which saves most of AppendFormat.
+type stamp struct {
+	sec          int64
+	loc          *time.Location
+	second, zone []byte
+}
+
+var lastStamp atomic.Pointer[stamp]
+
+// appendTime appends t as time.RFC3339 with milliseconds, like
+// t.AppendFormat(b, "2006-01-02T15:04:05.000Z07:00").
+func appendTime(b []byte, t time.Time) []byte {
+	sec := t.Unix()
+	st := lastStamp.Load()
+	if st == nil || st.sec != sec || st.loc != t.Location() {
+		st = &stamp{sec: sec, loc: t.Location(),
+			second: t.AppendFormat(nil, "2006-01-02T15:04:05"),
+			zone:   t.AppendFormat(nil, "Z07:00")}
+		lastStamp.Store(st)
+	}
+	b = append(b, st.second...)
+	ms := t.Nanosecond() / 1e6
+	b = append(b, '.', byte('0'+ms/100), byte('0'+ms/10%10), byte('0'+ms%10))
+	return append(b, st.zone...)
 }
 
 const hexDigits = "0123456789abcdef"

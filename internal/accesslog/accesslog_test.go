@@ -210,3 +210,18 @@ func BenchmarkSlogJSON(b *testing.B) {
 			slog.Duration("upstream_latency", 900*time.Microsecond))
 	}
 }
+
+// The cached second and zone give what AppendFormat gives, across seconds,
+// milliseconds and locations.
+func TestTimeFormat(t *testing.T) {
+	zones := []*time.Location{time.UTC, time.FixedZone("x", 5*3600+30*60), time.FixedZone("y", -8*3600), time.Local}
+	base := time.Date(2026, 11, 26, 23, 59, 58, 0, time.UTC)
+	for i := range 400 {
+		tm := base.Add(time.Duration(i) * 7 * time.Millisecond).In(zones[i%len(zones)])
+		line := accesslog.AppendLine(nil, tm, &proxy.Summary{})
+		want := `{"time":"` + tm.Format("2006-01-02T15:04:05.000Z07:00") + `"`
+		if !bytes.HasPrefix(line, []byte(want)) {
+			t.Fatalf("%v: %s, want prefix %s", tm, line, want)
+		}
+	}
+}
