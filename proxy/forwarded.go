@@ -43,13 +43,23 @@ func (h *Handler) setForwarded(in, out *http.Request) netip.Addr {
 		proto = protoHTTPS
 	}
 	if !trusted {
+		// X-Forwarded-For and -Host share one backing array: one
+		// allocation instead of two.
+		vals := make([]string, 0, 2)
 		if peer.IsValid() {
-			out.Header["X-Forwarded-For"] = []string{peerString(in.RemoteAddr, peer)}
+			vals = append(vals, peerString(in.RemoteAddr, peer))
+			out.Header["X-Forwarded-For"] = vals[0:1:1]
 		} else {
 			delete(out.Header, "X-Forwarded-For")
 		}
 		out.Header["X-Forwarded-Proto"] = proto
-		setOrDelete(out.Header, "X-Forwarded-Host", in.Host)
+		if in.Host != "" {
+			n := len(vals)
+			vals = append(vals, in.Host)
+			out.Header["X-Forwarded-Host"] = vals[n : n+1 : n+1]
+		} else {
+			delete(out.Header, "X-Forwarded-Host")
+		}
 		return client
 	}
 

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptrace"
 	"net/textproto"
 	"strconv"
 	"strings"
@@ -30,7 +29,7 @@ const max1xxResponses = 64
 // roundTripH1 sends req over a pooled connection and reads the response
 // headers on the calling goroutine. The response body reads from the same
 // connection, which goes back to the pool when the body is fully read.
-func (t *Transport) roundTripH1(req *http.Request, body *replayReader, trace *httptrace.ClientTrace) (*http.Response, error) {
+func (t *Transport) roundTripH1(req *http.Request, body *replayReader, info got1xxFunc) (*http.Response, error) {
 	ctx := req.Context()
 	for try := 0; ; try++ {
 		if err := ctx.Err(); err != nil {
@@ -45,7 +44,7 @@ func (t *Transport) roundTripH1(req *http.Request, body *replayReader, trace *ht
 			closeBody(req, body)
 			return nil, err
 		}
-		res, err := t.exchange(ctx, c, req, body, trace)
+		res, err := t.exchange(ctx, c, req, body, info)
 		if err == nil {
 			if body != nil {
 				body.Close() // written in full; the bytes are no longer needed
@@ -85,7 +84,7 @@ func closeBody(req *http.Request, body *replayReader) {
 // exchange writes req on c and reads the final response headers. On error c
 // is closed.
 func (t *Transport) exchange(ctx context.Context, c *h1conn, req *http.Request, body *replayReader,
-	trace *httptrace.ClientTrace) (*http.Response, error) {
+	info got1xxFunc) (*http.Response, error) {
 	// Abort blocked I/O when the client goes away, until the response
 	// body is done: see h1watch.go.
 	c.beginExchange(ctx, req.ProtoMajor >= 2)
@@ -123,8 +122,8 @@ func (t *Transport) exchange(ctx context.Context, c *h1conn, req *http.Request, 
 		// Past the cap, 1xx are still read (the final answer follows them)
 		// but no longer relayed, and their bytes count against one header
 		// budget, as net/http does for 1xx nobody looked at.
-		if n < max1xxResponses && trace != nil && trace.Got1xxResponse != nil {
-			if err := trace.Got1xxResponse(res.StatusCode, textproto.MIMEHeader(res.Header)); err != nil {
+		if n < max1xxResponses && info != nil {
+			if err := info.got1xx(res.StatusCode, textproto.MIMEHeader(res.Header)); err != nil {
 				return fail(err)
 			}
 			c.headerLimit = t.opts.MaxResponseHeaderBytes

@@ -3,7 +3,6 @@ package proxy
 import (
 	"io"
 	"net/http"
-	"net/http/httptrace"
 	"net/textproto"
 	"sync"
 )
@@ -23,7 +22,6 @@ type informational struct {
 	w        http.ResponseWriter
 	expect   bool
 	http10   bool // RFC 9110 §15.2: no 1xx to an HTTP/1.0 client
-	trace    httptrace.ClientTrace
 	forwards int
 }
 
@@ -35,7 +33,11 @@ func (g *informational) init(w http.ResponseWriter, in *http.Request) {
 	g.w = w
 	g.expect = headerHasToken(in.Header, "Expect", "100-continue")
 	g.http10 = !in.ProtoAtLeast(1, 1)
-	g.trace.Got1xxResponse = g.got
+}
+
+// got1xx is how the synchronous transport path relays 1xx (got1xxFunc).
+func (g *informational) got1xx(code int, header textproto.MIMEHeader) error {
+	return g.got(code, header)
 }
 
 // sendContinue makes net/http write its automatic 100 Continue now, under

@@ -80,7 +80,7 @@ func (rt *roundTrip) serve() {
 	octx := rt.in.Context()
 	if _, own := h.transport.(*Transport); !own {
 		// Any other RoundTripper learns of 1xx through the context.
-		octx = httptrace.WithClientTrace(octx, &rt.info.trace)
+		octx = httptrace.WithClientTrace(octx, &httptrace.ClientTrace{Got1xxResponse: rt.info.got})
 	}
 	rt.out = cloneRequest(octx, rt.in)
 	rt.prepare()
@@ -192,7 +192,7 @@ func (rt *roundTrip) attempt() (*http.Response, failure, error) {
 	t0 := time.Now()
 	var res *http.Response
 	if t, own := h.transport.(*Transport); own {
-		res, err = t.roundTripTraced(out, &rt.info.trace)
+		res, err = t.roundTripTraced(out, &rt.info)
 	} else {
 		res, err = h.transport.RoundTrip(out)
 	}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptrace"
+	"net/textproto"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -111,19 +112,38 @@ func (t *Transport) dial(ctx context.Context, network, addr string) (net.Conn, e
 // httptrace.ClientTrace in the request's context is honoured on both paths.
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if body, ok := t.synchronous(req); ok {
-		return t.roundTripH1(req, body, httptrace.ContextClientTrace(req.Context()))
+		var info got1xxFunc
+		if tr := httptrace.ContextClientTrace(req.Context()); tr != nil && tr.Got1xxResponse != nil {
+			info = traceGot1xx{tr}
+		}
+		return t.roundTripH1(req, body, info)
 	}
 	return t.roundTripStd(req)
 }
 
-// roundTripTraced is RoundTrip with the Handler's 1xx trace passed along
-// instead of in the context: the synchronous path then needs no context
-// wrapper (two allocations per request); only net/http's gets one.
-func (t *Transport) roundTripTraced(req *http.Request, trace *httptrace.ClientTrace) (*http.Response, error) {
+// roundTripTraced is RoundTrip for the Handler: 1xx responses go to info
+// directly on the synchronous path, with no context wrapper or closure
+// (three allocations per request); net/http's path gets them through a
+// trace in the context.
+func (t *Transport) roundTripTraced(req *http.Request, info *informational) (*http.Response, error) {
 	if body, ok := t.synchronous(req); ok {
-		return t.roundTripH1(req, body, trace)
+		return t.roundTripH1(req, body, info)
 	}
+	trace := &httptrace.ClientTrace{Got1xxResponse: info.got}
 	return t.roundTripStd(req.WithContext(httptrace.WithClientTrace(req.Context(), trace)))
+}
+
+// got1xxFunc receives the 1xx responses the synchronous path reads; nil
+// when nobody listens (their bytes then share one header budget).
+type got1xxFunc interface {
+	got1xx(code int, header textproto.MIMEHeader) error
+}
+
+// traceGot1xx hands 1xx responses to a caller's httptrace hook.
+type traceGot1xx struct{ t *httptrace.ClientTrace }
+
+func (g traceGot1xx) got1xx(code int, header textproto.MIMEHeader) error {
+	return g.t.Got1xxResponse(code, header)
 }
 
 // roundTripStd uses net/http's Transport. It does the TLS handshake (and
