@@ -205,7 +205,9 @@ func (g *reqWatch) endWrite(err error) {
 // armWrite moves the connection's write deadline to th.write from now,
 // unless it was moved less than coarseSlack ago.
 func (g *reqWatch) armWrite() {
-	if arm(&g.writeArmed, g.th.writeSlack) {
+	// A hijacked connection belongs to the tunnel: a deadline set now
+	// would cut it off.
+	if !g.hijacked.Load() && arm(&g.writeArmed, g.th.writeSlack) {
 		_ = g.conn.SetWriteDeadline(time.Now().Add(g.th.write))
 	}
 }
@@ -239,7 +241,7 @@ func (g *reqWatch) beginRead() {
 		g.rt.Reset(g.th.read)
 		return
 	}
-	if g.coarseRd && arm(&g.readArmed, g.th.readSlack) {
+	if g.coarseRd && !g.hijacked.Load() && arm(&g.readArmed, g.th.readSlack) {
 		_ = g.conn.SetReadDeadline(time.Now().Add(g.th.read))
 	}
 }
