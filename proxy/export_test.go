@@ -9,3 +9,7 @@ func init() {
 		forceNetHTTP = true
 	}
 }
+
+// NetHTTPForced reports whether SLUICE_TEST_NETHTTP put every request on
+// net/http's Transport.
+func NetHTTPForced() bool { return forceNetHTTP }
