@@ -51,12 +51,8 @@ func (c *h1conn) Read(p []byte) (int, error) {
 	}
 	n, err := c.nc.Read(p)
 	for n == 0 && err != nil {
-		expired, werr := c.windowExpired(err)
-		if !expired {
-			break
-		}
-		if werr != nil {
-			err = werr
+		var again bool
+		if again, err = c.tryAgain(err); !again {
 			break
 		}
 		n, err = c.nc.Read(p)
@@ -75,12 +71,8 @@ func (c *h1conn) Write(p []byte) (int, error) {
 	c.beforeWrite(len(p))
 	n, err := c.nc.Write(p)
 	for err != nil {
-		expired, werr := c.windowExpired(err)
-		if !expired {
-			break
-		}
-		if werr != nil {
-			err = werr
+		var again bool
+		if again, err = c.tryAgain(err); !again {
 			break
 		}
 		var m int

@@ -121,6 +121,20 @@ func (c *h1conn) windowExpired(err error) (bool, error) {
 	return true, nil
 }
 
+// tryAgain says whether an I/O that failed with err should be tried again
+// because only the window ended (see windowExpired); otherwise it returns
+// the error to report.
+func (c *h1conn) tryAgain(err error) (bool, error) {
+	expired, werr := c.windowExpired(err)
+	switch {
+	case !expired:
+		return false, err
+	case werr != nil:
+		return false, werr
+	}
+	return true, nil
+}
+
 func (c *h1conn) abortIO() { c.nc.SetDeadline(aLongTimeAgo) }
 
 // endExchange stops the watch and clears the window's deadlines. It
