@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"io"
 	"net"
@@ -20,52 +19,15 @@ import (
 // stops it and returns the exit status.
 func startProxyWithAdmin(t *testing.T, args ...string) (proxyAddr, adminAddr string, stop func() int) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	addrc, adminc := make(chan net.Addr, 1), make(chan net.Addr, 1)
-	done := make(chan int, 1)
-	var stderr syncBuffer
-	e := env{stdout: io.Discard, stderr: &stderr,
-		ready:      func(a net.Addr) { addrc <- a },
-		adminReady: func(a net.Addr) { adminc <- a }}
-	go func() {
-		done <- run(ctx, append([]string{"proxy", "--from", "127.0.0.1:0", "--admin", "127.0.0.1:0"}, args...), e)
-	}()
-	select {
-	case a := <-addrc:
-		proxyAddr = a.String()
-	case code := <-done:
-		cancel()
-		t.Fatalf("proxy exited with %d before listening: %s", code, stderr.String())
-	case <-time.After(10 * time.Second):
-		cancel()
-		t.Fatal("proxy did not start listening within 10s")
-	}
+	adminc := make(chan net.Addr, 1)
+	e := env{stdout: io.Discard, adminReady: func(a net.Addr) { adminc <- a }}
+	proxyAddr, stop = startProxyEnv(t, e, append([]string{"--admin", "127.0.0.1:0"}, args...)...)
 	select {
 	case a := <-adminc:
 		adminAddr = a.String()
 	default:
-		cancel()
 		t.Fatal("the admin endpoint was not ready before the proxy")
 	}
-	code := -1
-	stopped := false
-	stop = func() int {
-		if stopped {
-			return code
-		}
-		stopped = true
-		cancel()
-		select {
-		case code = <-done:
-		case <-time.After(20 * time.Second):
-			t.Error("proxy did not stop within 20s")
-		}
-		if code != 0 {
-			t.Logf("proxy stderr: %s", stderr.String())
-		}
-		return code
-	}
-	t.Cleanup(func() { stop() })
 	return proxyAddr, adminAddr, stop
 }
 

@@ -133,11 +133,18 @@ func TestDocsListEveryFlag(t *testing.T) {
 // status.
 func startProxy(t *testing.T, stdout io.Writer, args ...string) (string, func() int) {
 	t.Helper()
+	return startProxyEnv(t, env{stdout: stdout}, args...)
+}
+
+// startProxyEnv is startProxy with more of the env set by the caller
+// (stderr and ready are its own).
+func startProxyEnv(t *testing.T, e env, args ...string) (string, func() int) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	addrc := make(chan net.Addr, 1)
 	done := make(chan int, 1)
 	var stderr syncBuffer
-	e := env{stdout: stdout, stderr: &stderr, ready: func(a net.Addr) { addrc <- a }}
+	e.stderr, e.ready = &stderr, func(a net.Addr) { addrc <- a }
 	go func() {
 		done <- run(ctx, append([]string{"proxy", "--from", "127.0.0.1:0"}, args...), e)
 	}()
