@@ -96,6 +96,9 @@ type Handler struct {
 	observer     func(Summary)
 	tunnels      tunnels
 	ownTransport *Transport // closed by Close when we made it
+	// sluice is transport when it is a *Transport (ours or a caller's):
+	// it is handed the 1xx relay directly instead of through a context.
+	sluice *Transport
 }
 
 // New validates cfg, fills defaults and returns a Handler.
@@ -119,6 +122,7 @@ func New(cfg Config) (*Handler, error) {
 		t := NewTransport(TransportOptions{})
 		h.transport, h.ownTransport = t, t
 	}
+	h.sluice, _ = h.transport.(*Transport)
 	if h.maxBuffer == 0 {
 		h.maxBuffer = DefaultMaxRequestBuffer
 	}

@@ -35,11 +35,6 @@ func (g *informational) init(w http.ResponseWriter, in *http.Request) {
 	g.http10 = !in.ProtoAtLeast(1, 1)
 }
 
-// got1xx is how the synchronous transport path relays 1xx (got1xxFunc).
-func (g *informational) got1xx(code int, header textproto.MIMEHeader) error {
-	return g.got(code, header)
-}
-
 // sendContinue makes net/http write its automatic 100 Continue now, under
 // our lock. net/http writes it from whichever goroutine first reads the
 // body (the transport's writer), without the lock it uses for final
@@ -57,7 +52,9 @@ func (g *informational) setActive(on bool) {
 	g.mu.Unlock()
 }
 
-func (g *informational) got(code int, header textproto.MIMEHeader) error {
+// got1xx relays one 1xx response: the Got1xxResponse hook of net/http's
+// path, and got1xxFunc of the synchronous one.
+func (g *informational) got1xx(code int, header textproto.MIMEHeader) error {
 	if code == http.StatusContinue && g.expect || g.http10 || code < 100 || code > 199 {
 		return nil
 	}

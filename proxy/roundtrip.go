@@ -78,9 +78,9 @@ func (rt *roundTrip) serve() {
 	}
 	rt.info.init(rt.w, rt.in)
 	octx := rt.in.Context()
-	if _, own := h.transport.(*Transport); !own {
+	if h.sluice == nil {
 		// Any other RoundTripper learns of 1xx through the context.
-		octx = httptrace.WithClientTrace(octx, &httptrace.ClientTrace{Got1xxResponse: rt.info.got})
+		octx = httptrace.WithClientTrace(octx, &httptrace.ClientTrace{Got1xxResponse: rt.info.got1xx})
 	}
 	rt.out = cloneRequest(octx, rt.in)
 	rt.prepare()
@@ -191,8 +191,8 @@ func (rt *roundTrip) attempt() (*http.Response, failure, error) {
 	rt.info.setActive(true)
 	t0 := time.Now()
 	var res *http.Response
-	if t, own := h.transport.(*Transport); own {
-		res, err = t.roundTripTraced(out, &rt.info)
+	if h.sluice != nil {
+		res, err = h.sluice.roundTripTraced(out, &rt.info)
 	} else {
 		res, err = h.transport.RoundTrip(out)
 	}

@@ -129,7 +129,7 @@ func (t *Transport) roundTripTraced(req *http.Request, info *informational) (*ht
 	if body, ok := t.synchronous(req); ok {
 		return t.roundTripH1(req, body, info)
 	}
-	trace := &httptrace.ClientTrace{Got1xxResponse: info.got}
+	trace := &httptrace.ClientTrace{Got1xxResponse: info.got1xx}
 	return t.roundTripStd(req.WithContext(httptrace.WithClientTrace(req.Context(), trace)))
 }
 
