@@ -244,14 +244,7 @@ func (d *discoverer) status() *DiscoveryStatus {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	st := &DiscoveryStatus{Source: describe(d.cfg.Source), LastError: d.lastErr, Failures: d.failures}
-	if !d.lastLookup.IsZero() {
-		t := d.lastLookup
-		st.LastLookup = &t
-	}
-	if !d.lastSuccess.IsZero() {
-		t := d.lastSuccess
-		st.LastSuccess = &t
-	}
+	st.LastLookup, st.LastSuccess = timeOrNil(d.lastLookup), timeOrNil(d.lastSuccess)
 	if d.has {
 		t := d.validUntil
 		st.ValidUntil = &t

@@ -361,13 +361,6 @@ func (c *checker) status() *ActiveStatus {
 	} else {
 		st.Check = c.cfg.Method + " " + c.url
 	}
-	if !c.last.IsZero() {
-		t := c.last
-		st.LastCheck = &t
-	}
-	if !c.lastFail.IsZero() {
-		t := c.lastFail
-		st.LastFailure = &t
-	}
+	st.LastCheck, st.LastFailure = timeOrNil(c.last), timeOrNil(c.lastFail)
 	return st
 }

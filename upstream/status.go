@@ -105,3 +105,12 @@ func (u *Upstream) status(now int64) UpstreamStatus {
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// timeOrNil is t for a status field, nil (left out of the JSON) when t is
+// zero: the event has not happened.
+func timeOrNil(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}
