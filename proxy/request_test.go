@@ -263,8 +263,7 @@ func TestReqHopByHopStripped(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			up := newRecordingUpstream(t, nil)
-			px := newProxy(t, proxy.Config{Upstreams: poolOfAddrs(up.Addr)})
+			up, px := recordedProxy(t, proxy.Config{})
 			method := "GET"
 			if tc.body != "" {
 				method = "POST"
@@ -396,8 +395,7 @@ func TestReqForwardedHeaders(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			up := newRecordingUpstream(t, nil)
-			px := newProxy(t, proxy.Config{Upstreams: poolOfAddrs(up.Addr), TrustedProxies: tc.trusted})
+			up, px := recordedProxy(t, proxy.Config{TrustedProxies: tc.trusted})
 			res, body := rawRequestResponse(t, serverAddr(px), "GET /fwd HTTP/1.1\r\nHost: front.example:8080\r\n"+tc.head+"\r\n")
 			if res.StatusCode != 200 || body != "ok" {
 				t.Fatalf("got %d %q", res.StatusCode, body)
@@ -461,8 +459,7 @@ func TestReqTargetByteForByte(t *testing.T) {
 		{method: "GET", target: "http://evil.example//x//y", wantTarget: "//x//y", wantHost: "evil.example"},
 		{method: "GET", target: "https://evil.example:8443/s", wantTarget: "/s", wantHost: "evil.example:8443"},
 	}
-	up := newRecordingUpstream(t, nil)
-	px := newProxy(t, proxy.Config{Upstreams: poolOfAddrs(up.Addr)})
+	up, px := recordedProxy(t, proxy.Config{})
 	for i, tc := range cases {
 		t.Run(strconv.Itoa(i), func(t *testing.T) {
 			marker := fmt.Sprintf("case-%d", i)
@@ -513,8 +510,7 @@ func TestReqTrailersForwarded(t *testing.T) {
 	}{{"buffered", 0}, {"streamed", 16}, {"unbuffered", -1}} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			up := newRecordingUpstream(t, nil)
-			px := newProxy(t, proxy.Config{Upstreams: poolOfAddrs(up.Addr), MaxRequestBuffer: tc.maxBuffer})
+			up, px := recordedProxy(t, proxy.Config{MaxRequestBuffer: tc.maxBuffer})
 			payload := strings.Repeat("0123456789", 10)
 			res, body := rawRequestResponse(t, serverAddr(px), "POST /t HTTP/1.1\r\nHost: h\r\n"+
 				"Te: trailers\r\nTrailer: X-Sum, X-Other\r\nTransfer-Encoding: chunked\r\n\r\n"+
@@ -634,8 +630,7 @@ func TestReqUpgradeTokens(t *testing.T) {
 	for _, tc := range notForwarded {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			up := newRecordingUpstream(t, nil)
-			px := newProxy(t, proxy.Config{Upstreams: poolOfAddrs(up.Addr), Upgrades: tc.upgrades})
+			up, px := recordedProxy(t, proxy.Config{Upgrades: tc.upgrades})
 			res, body := rawRequestResponse(t, serverAddr(px), "GET /u HTTP/1.1\r\nHost: h\r\n"+tc.head+"\r\n")
 			if res.StatusCode != 200 || body != "ok" {
 				t.Fatalf("got %d %q, want the upstream's plain 200", res.StatusCode, body)
@@ -654,8 +649,7 @@ func TestReqUpgradeTokens(t *testing.T) {
 	// (non-compliant) client did not name it in Connection.
 	t.Run("h2c refused: HTTP2-Settings dropped even when not named in Connection", func(t *testing.T) {
 		t.Parallel()
-		up := newRecordingUpstream(t, nil)
-		px := newProxy(t, proxy.Config{Upstreams: poolOfAddrs(up.Addr)})
+		up, px := recordedProxy(t, proxy.Config{})
 		res, _ := rawRequestResponse(t, serverAddr(px), "GET /u HTTP/1.1\r\nHost: h\r\n"+
 			"Connection: Upgrade\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n")
 		if res.StatusCode != 200 {
@@ -671,8 +665,7 @@ func TestReqUpgradeTokens(t *testing.T) {
 
 	t.Run("listed custom token forwarded", func(t *testing.T) {
 		t.Parallel()
-		up := newRecordingUpstream(t, nil)
-		px := newProxy(t, proxy.Config{Upstreams: poolOfAddrs(up.Addr), Upgrades: []string{"Foo"}})
+		up, px := recordedProxy(t, proxy.Config{Upgrades: []string{"Foo"}})
 		res, _ := rawRequestResponse(t, serverAddr(px), "GET /u HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\n")
 		if res.StatusCode != 200 {
 			t.Fatalf("got %d", res.StatusCode)
@@ -722,8 +715,7 @@ func TestReqBodies(t *testing.T) {
 
 	t.Run("1 MiB POST byte-exact", func(t *testing.T) {
 		t.Parallel()
-		up := newRecordingUpstream(t, nil)
-		px := newProxy(t, proxy.Config{Upstreams: poolOfAddrs(up.Addr)})
+		up, px := recordedProxy(t, proxy.Config{})
 		payload := detBytes(1<<20, 1)
 		c := isolatedClient(t)
 		res, err := c.Post(px.URL+"/up", "application/octet-stream", bytes.NewReader(payload))
@@ -747,8 +739,7 @@ func TestReqBodies(t *testing.T) {
 	t.Run("64 MiB upload streams byte-exact", func(t *testing.T) {
 		t.Parallel()
 		const n = 64 << 20
-		up := newRecordingUpstream(t, nil)
-		px := newProxy(t, proxy.Config{Upstreams: poolOfAddrs(up.Addr)})
+		up, px := recordedProxy(t, proxy.Config{})
 		src := newHashingRandomReader(n, 2)
 		req, _ := http.NewRequest("PUT", px.URL+"/big", src)
 		req.ContentLength = n
@@ -774,8 +765,7 @@ func TestReqBodies(t *testing.T) {
 	t.Run("8 MiB chunked upload streams byte-exact", func(t *testing.T) {
 		t.Parallel()
 		const n = 8 << 20
-		up := newRecordingUpstream(t, nil)
-		px := newProxy(t, proxy.Config{Upstreams: poolOfAddrs(up.Addr)})
+		up, px := recordedProxy(t, proxy.Config{})
 		src := newHashingRandomReader(n, 3)
 		req, _ := http.NewRequest("POST", px.URL+"/big", io.NopCloser(src)) // unknown length: chunked
 		c := isolatedClient(t)
@@ -811,8 +801,7 @@ func TestReqBodies(t *testing.T) {
 	for _, tc := range framing {
 		t.Run("chunked "+tc.name, func(t *testing.T) {
 			t.Parallel()
-			up := newRecordingUpstream(t, nil)
-			px := newProxy(t, proxy.Config{Upstreams: poolOfAddrs(up.Addr), MaxRequestBuffer: limit})
+			up, px := recordedProxy(t, proxy.Config{MaxRequestBuffer: limit})
 			payload := detBytes(tc.size, uint64(tc.size))
 			var b strings.Builder
 			for rest := payload; len(rest) > 0; {
@@ -917,8 +906,7 @@ func TestReqBodies(t *testing.T) {
 
 	t.Run("GET with a body keeps its body", func(t *testing.T) {
 		t.Parallel()
-		up := newRecordingUpstream(t, nil)
-		px := newProxy(t, proxy.Config{Upstreams: poolOfAddrs(up.Addr)})
+		up, px := recordedProxy(t, proxy.Config{})
 		res, _ := rawRequestResponse(t, serverAddr(px), "GET /search HTTP/1.1\r\nHost: h\r\nContent-Length: 14\r\n\r\n{\"q\":\"sluice\"}")
 		r := up.only(t)
 		if res.StatusCode != 200 || r.BodySHA != sha256Hex([]byte(`{"q":"sluice"}`)) || !slices.Equal(r.values("Content-Length"), []string{"14"}) {
@@ -1004,8 +992,7 @@ func TestReqBodies(t *testing.T) {
 
 	t.Run("broken chunked body is 400, not forwarded", func(t *testing.T) {
 		t.Parallel()
-		up := newRecordingUpstream(t, nil)
-		px := newProxy(t, proxy.Config{Upstreams: poolOfAddrs(up.Addr), Logger: discardLogger()})
+		up, px := recordedProxy(t, proxy.Config{Logger: discardLogger()})
 		res, _ := rawRequestResponse(t, serverAddr(px), "POST /b HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n")
 		if res.StatusCode != http.StatusBadRequest {
 			t.Errorf("status %d, want 400", res.StatusCode)

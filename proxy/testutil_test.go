@@ -203,6 +203,15 @@ func (c *cappedBuffer) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// recordedProxy starts an upstream that records what it receives and a
+// proxy in front of it with cfg (its Upstreams set to that upstream).
+func recordedProxy(t *testing.T, cfg proxy.Config) (*recordingUpstream, *httptest.Server) {
+	t.Helper()
+	up := newRecordingUpstream(t, nil)
+	cfg.Upstreams = poolOfAddrs(up.Addr)
+	return up, newProxy(t, cfg)
+}
+
 // refusedAddr returns a loopback address nothing listens on: a listener
 // opened and closed again, so dialing it is refused at once.
 func refusedAddr(t testing.TB) string {
