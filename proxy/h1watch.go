@@ -33,15 +33,18 @@ func (c *h1conn) beginExchange(ctx context.Context, eager bool) {
 	c.inHeaders = true
 	c.hdrDeadline = time.Time{}
 	c.windowWrite = false
-	if ctx.Done() == nil {
-		c.ctx, c.window = nil, false // nobody can leave: nothing to watch
-		return
-	}
 	if eager {
+		if ctx.Done() == nil {
+			c.ctx, c.window = nil, false // nobody can leave: nothing to watch
+			return
+		}
 		c.ctx, c.window = ctx, false
 		c.stop = context.AfterFunc(ctx, c.abortIO)
 		return
 	}
+	// Not ctx.Done here: a server may start watching the client only once
+	// someone asks for it (sluice's own HTTP/1 loop does), and the point
+	// of the window is that most exchanges never ask.
 	c.ctx, c.window = ctx, true
 	c.windowEnd = time.Now().Add(fastWindow)
 	c.nc.SetReadDeadline(c.windowEnd)
@@ -117,7 +120,9 @@ func (c *h1conn) windowExpired(err error) (bool, error) {
 	}
 	// Set after the deadlines above, so a watch that runs at once (the
 	// client just left) has the last word.
-	c.stop = context.AfterFunc(c.ctx, c.abortIO)
+	if c.ctx.Done() != nil {
+		c.stop = context.AfterFunc(c.ctx, c.abortIO)
+	}
 	return true, nil
 }
 

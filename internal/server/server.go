@@ -78,6 +78,11 @@ type Options struct {
 	WriteIdleTimeout time.Duration
 	// ShutdownTimeout: DefaultShutdownTimeout.
 	ShutdownTimeout time.Duration
+	// StdHTTP1 serves every HTTP/1 connection with net/http's server,
+	// turning off the fast HTTP/1.1 loop (see h1serve.go). For comparison
+	// and as an escape hatch; the loop is already off with TLS or a
+	// ReadTimeout or WriteTimeout.
+	StdHTTP1 bool
 	// Logger receives the listening address, shutdown progress and
 	// net/http's own errors. Default slog.Default().
 	Logger *slog.Logger
@@ -200,12 +205,23 @@ func serve(ctx context.Context, ln net.Listener, h http.Handler, o Options, tlsC
 	}
 	log.Info("listening", "addr", ln.Addr().String(), "scheme", scheme, "protocols", alpn)
 
+	var fast *h1server
+	if useFastLoop(o, tlsConf != nil) {
+		fast = newH1Server(srv.Handler, o, srv, ln.Addr())
+	}
 	errc := make(chan error, 1)
 	go func() {
 		var err error
-		if tlsConf != nil {
+		switch {
+		case fast != nil:
+			go srv.Serve(fast.handoff) // ends with ErrServerClosed at shutdown
+			err = fast.acceptLoop(ln)
+			if err == nil {
+				err = http.ErrServerClosed
+			}
+		case tlsConf != nil:
 			err = srv.ServeTLS(ln, "", "")
-		} else {
+		default:
 			err = srv.Serve(ln)
 		}
 		errc <- err
@@ -215,6 +231,10 @@ func serve(ctx context.Context, ln net.Listener, h http.Handler, o Options, tlsC
 	case err := <-errc:
 		// Serving stopped on its own: the listener broke.
 		srv.Close()
+		if fast != nil {
+			fast.beginShutdown()
+			fast.closeAll()
+		}
 		closeHandler(h, log)
 		return fmt.Errorf("serving on %s: %w", ln.Addr(), err)
 	case <-ctx.Done():
@@ -223,10 +243,21 @@ func serve(ctx context.Context, ln net.Listener, h http.Handler, o Options, tlsC
 	log.Info("shutting down", "addr", ln.Addr().String(), "grace", o.ShutdownTimeout.String())
 	sctx, cancel := context.WithTimeout(context.Background(), o.ShutdownTimeout)
 	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
+	if fast != nil {
+		fast.beginShutdown()
+		ln.Close()
+	}
+	err := srv.Shutdown(sctx)
+	if fast != nil && err == nil {
+		err = fast.waitIdle(sctx)
+	}
+	if err != nil {
 		log.Warn("requests still running after the shutdown grace period; closing their connections",
 			"grace", o.ShutdownTimeout.String(), "error", err.Error())
 		srv.Close()
+		if fast != nil {
+			fast.closeAll()
+		}
 	}
 	<-errc // http.ErrServerClosed
 	closeHandler(h, log)

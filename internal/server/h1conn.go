@@ -1,0 +1,396 @@
+package server
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// h1fastConn is one client connection on the fast HTTP/1.1 loop. It reads
+// a head, and either serves it (parseHead accepted it) or hands the whole
+// connection, unread bytes first, to net/http's server for good.
+type h1fastConn struct {
+	s      *h1server
+	nc     net.Conn
+	cr     connReader
+	br     *bufio.Reader
+	bw     *bufio.Writer
+	remote string
+	ctx    context.Context // values every request's context carries
+	state  atomic.Int32    // connIdle, connActive, connClosed
+	cur    atomic.Pointer[reqCtx]
+	body   atomic.Pointer[h1body]
+	buf    [pendingMax]byte // backs h1writer.pending
+}
+
+// Connection states, for a shutdown that closes idle connections only.
+const (
+	connIdle int32 = iota
+	connActive
+	connClosed
+)
+
+// fastReadBuffer is the read buffer, and so the largest head the fast loop
+// parses; larger heads (big cookies) go to net/http.
+const fastReadBuffer = 4 << 10
+
+// lingerAfterUnreadBody is how long a connection that closes with request
+// body bytes unread waits after its half-close, so the client reads the
+// response before the close resets the connection (net/http waits as long).
+const lingerAfterUnreadBody = 500 * time.Millisecond
+
+func (c *h1fastConn) serve() {
+	s := c.s
+	defer s.forget(c)
+	c.cr.c = c
+	c.br = bufio.NewReaderSize(&c.cr, fastReadBuffer)
+	c.bw = bufio.NewWriterSize(c.nc, 4<<10)
+	c.remote = c.nc.RemoteAddr().String()
+	c.ctx = context.WithValue(context.WithValue(context.Background(),
+		http.ServerContextKey, s.std), http.LocalAddrContextKey, c.nc.LocalAddr())
+	for first := true; ; first = false {
+		n, err := c.readHead(first)
+		if err != nil {
+			c.nc.Close()
+			return
+		}
+		if !c.state.CompareAndSwap(connIdle, connActive) {
+			c.nc.Close() // shutdown closed it while the head came in
+			return
+		}
+		var h head
+		ok := false
+		if n > 0 {
+			raw, _ := c.br.Peek(n)
+			h, ok = parseHead(raw)
+		}
+		if !ok {
+			s.handOff(c)
+			return
+		}
+		c.br.Discard(n)
+		keep, linger := c.serveRequest(&h)
+		if !keep || !c.state.CompareAndSwap(connActive, connIdle) || s.draining.Load() {
+			if linger {
+				c.closeWriteAndWait()
+			}
+			c.nc.Close()
+			return
+		}
+	}
+}
+
+// readHead waits for a complete head at the start of the read buffer and
+// returns its length; 0 when none fits the buffer (net/http's then). The
+// first request gets the header timeout from the accept; later ones the
+// idle timeout until their first byte, then the header timeout.
+func (c *h1fastConn) readHead(first bool) (int, error) {
+	o := &c.s.o
+	headerTimed := first
+	if first {
+		setDeadline(c.nc, o.ReadHeaderTimeout)
+	} else if c.br.Buffered() == 0 {
+		setDeadline(c.nc, o.IdleTimeout)
+	} else {
+		headerTimed = true
+		setDeadline(c.nc, o.ReadHeaderTimeout)
+	}
+	for {
+		n := c.br.Buffered()
+		if n > 0 {
+			b, _ := c.br.Peek(n)
+			i := headEnd(b)
+			switch {
+			case i > 0:
+				return i, nil
+			case i < 0:
+				return 0, nil // odd line ends: net/http's
+			}
+			if n == c.br.Size() || b[0] < 'A' || b[0] > 'Z' {
+				return 0, nil // too big, or not a request we know: net/http's
+			}
+			if !headerTimed {
+				headerTimed = true
+				setDeadline(c.nc, o.ReadHeaderTimeout)
+			}
+		}
+		if _, err := c.br.Peek(n + 1); err != nil {
+			return 0, err
+		}
+	}
+}
+
+func setDeadline(nc net.Conn, d time.Duration) {
+	if d > 0 {
+		nc.SetReadDeadline(time.Now().Add(d))
+	} else {
+		nc.SetReadDeadline(time.Time{})
+	}
+}
+
+// serveRequest runs the handler for h. keep says the connection may serve
+// another request; linger that it must half-close and wait before closing,
+// because request body bytes may still be on their way.
+func (c *h1fastConn) serveRequest(h *head) (keep, linger bool) {
+	s := c.s
+	ctx := &reqCtx{Context: c.ctx, c: c}
+	tmpl := http.Request{
+		Method:     h.method,
+		URL:        h.url,
+		Proto:      "HTTP/1.1",
+		ProtoMajor: 1,
+		ProtoMinor: 1,
+		Header:     h.header,
+		Body:       http.NoBody,
+		Host:       h.host,
+		RemoteAddr: c.remote,
+		RequestURI: h.target,
+		Close:      h.close,
+	}
+	var body *h1body
+	if h.contentLength > 0 {
+		body = newBody(c, h.contentLength)
+		tmpl.Body = body
+		tmpl.ContentLength = h.contentLength
+		if !s.bodyDeadlines {
+			c.nc.SetReadDeadline(time.Time{}) // no header deadline on the body
+		}
+	}
+	req := tmpl.WithContext(ctx)
+	w := &h1writer{c: c, req: req, body: body, header: make(http.Header), cl: -1, pending: c.buf[:0]}
+	c.body.Store(body)
+	c.cur.Store(ctx)
+
+	panicked := s.runHandler(w, req)
+
+	// As net/http: the request's context ends with the handler.
+	c.cr.abort()
+	c.cur.Store(nil)
+	ctx.cancel(context.Canceled)
+	unread := !body.eof()
+	if unread {
+		// A goroutine the handler left behind may still be reading the
+		// body: cut its read short before taking the body from it.
+		c.nc.SetReadDeadline(aLongTimeAgo)
+		body.close()
+		c.nc.SetReadDeadline(time.Time{})
+	}
+	c.body.Store(nil)
+	if panicked {
+		// What was written goes out; what was held back does not, so a
+		// response cut short never looks complete.
+		c.bw.Flush()
+		return false, false
+	}
+	keep = w.finish()
+	return keep && !unread, unread && w.werr == nil
+}
+
+// runHandler calls the handler and reports whether it panicked. A panic
+// other than http.ErrAbortHandler is logged with its stack, as net/http
+// does.
+func (s *h1server) runHandler(w *h1writer, r *http.Request) (panicked bool) {
+	defer func() {
+		if p := recover(); p != nil {
+			panicked = true
+			if p != http.ErrAbortHandler {
+				buf := make([]byte, 64<<10)
+				buf = buf[:runtime.Stack(buf, false)]
+				s.log.Error("http: panic serving request", "remote", r.RemoteAddr,
+					"uri", r.RequestURI, "panic", p, "stack", string(buf))
+			}
+		}
+	}()
+	s.h.ServeHTTP(w, r)
+	return false
+}
+
+// watchClient starts the background read that notices the client leaving,
+// once the request body is read: until then a leaving client fails the
+// body's reads, which cancel the context.
+func (c *h1fastConn) watchClient() {
+	if b := c.body.Load(); b != nil && !b.watchAtEOF() {
+		return // the body's last read starts it
+	}
+	c.cr.startBackground()
+}
+
+// clientFailed is called on a failed read of the connection: the request
+// in flight, if any, is cancelled, as net/http does.
+func (c *h1fastConn) clientFailed() {
+	if x := c.cur.Load(); x != nil {
+		x.cancel(context.Canceled)
+	}
+}
+
+func (c *h1fastConn) closeWriteAndWait() {
+	c.bw.Flush()
+	if cw, ok := c.nc.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+	time.Sleep(lingerAfterUnreadBody)
+}
+
+// connReader sits under the read buffer. It notes read failures, and runs
+// the background read (one byte, kept for the next request) that watches
+// for the client leaving while the handler works.
+type connReader struct {
+	c       *h1fastConn
+	mu      sync.Mutex
+	inRead  bool // a background read is running
+	aborted bool
+	hasByte bool
+	b       [1]byte
+	done    chan struct{}
+}
+
+func (cr *connReader) Read(p []byte) (int, error) {
+	cr.mu.Lock()
+	if cr.hasByte && len(p) > 0 {
+		p[0] = cr.b[0]
+		cr.hasByte = false
+		cr.mu.Unlock()
+		return 1, nil
+	}
+	cr.mu.Unlock()
+	n, err := cr.c.nc.Read(p)
+	if err != nil {
+		cr.c.clientFailed()
+	}
+	return n, err
+}
+
+func (cr *connReader) startBackground() {
+	cr.mu.Lock()
+	defer cr.mu.Unlock()
+	if cr.inRead || cr.hasByte {
+		return
+	}
+	cr.inRead = true
+	cr.done = make(chan struct{})
+	cr.c.nc.SetReadDeadline(time.Time{})
+	go cr.backgroundRead()
+}
+
+func (cr *connReader) backgroundRead() {
+	n, err := cr.c.nc.Read(cr.b[:])
+	cr.mu.Lock()
+	if n == 1 {
+		cr.hasByte = true
+	}
+	failed := err != nil && !(cr.aborted && isTimeout(err))
+	cr.aborted, cr.inRead = false, false
+	close(cr.done)
+	cr.mu.Unlock()
+	if failed {
+		cr.c.clientFailed()
+	}
+}
+
+// abort stops a running background read and waits for it.
+func (cr *connReader) abort() {
+	cr.mu.Lock()
+	if !cr.inRead {
+		cr.mu.Unlock()
+		return
+	}
+	cr.aborted = true
+	cr.c.nc.SetReadDeadline(aLongTimeAgo)
+	done := cr.done
+	cr.mu.Unlock()
+	<-done
+	cr.c.nc.SetReadDeadline(time.Time{})
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// h1body is a Content-Length request body read from the connection's
+// buffer. A nil *h1body is a request without one. mu serialises reads
+// only: the state others look at (remain, closed) is atomic, so asking
+// whether the body is done never waits for a read blocked on the client.
+type h1body struct {
+	c      *h1fastConn
+	mu     sync.Mutex
+	remain atomic.Int64
+	closed atomic.Bool
+	watch  atomic.Bool // start the client watch at EOF
+	err    error       // sticky read error, under mu
+}
+
+func newBody(c *h1fastConn, n int64) *h1body {
+	b := &h1body{c: c}
+	b.remain.Store(n)
+	return b
+}
+
+func (b *h1body) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	remain := b.remain.Load()
+	switch {
+	case b.closed.Load():
+		return 0, http.ErrBodyReadAfterClose
+	case b.err != nil:
+		return 0, b.err
+	case remain == 0:
+		return 0, io.EOF
+	case len(p) == 0:
+		return 0, nil
+	}
+	if int64(len(p)) > remain {
+		p = p[:remain]
+	}
+	n, err := b.c.br.Read(p)
+	remain -= int64(n)
+	b.remain.Store(remain)
+	switch {
+	case remain == 0:
+		err = io.EOF
+		if b.watch.Load() {
+			b.c.cr.startBackground()
+		}
+	case err == io.EOF:
+		err = io.ErrUnexpectedEOF
+	}
+	if err != nil && err != io.EOF {
+		b.err = err
+	}
+	return n, err
+}
+
+// Close marks the body closed for the handler; the connection decides what
+// to do with unread bytes.
+func (b *h1body) Close() error {
+	b.closed.Store(true)
+	return nil
+}
+
+// close takes the body from whoever reads it: it waits for a read in
+// progress (the caller cut it short with a deadline).
+func (b *h1body) close() {
+	if b == nil {
+		return
+	}
+	b.mu.Lock()
+	b.closed.Store(true)
+	b.mu.Unlock()
+}
+
+func (b *h1body) eof() bool { return b == nil || b.remain.Load() == 0 }
+
+// watchAtEOF reports whether the body is read already; if not, the client
+// watch starts at its end.
+func (b *h1body) watchAtEOF() bool {
+	b.watch.Store(true)
+	return b.remain.Load() == 0
+}

@@ -1,0 +1,438 @@
+package server
+
+import (
+	"bufio"
+	"fmt"
+	"net/http"
+	"net/textproto"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+)
+
+// h1writer is the fast loop's http.ResponseWriter. It frames a response the
+// way net/http's HTTP/1.1 server does (same Content-Length computation for
+// short bodies, chunking, trailers, Date, Content-Type sniffing, suppressed
+// fields for 204/304, "Connection: close" when the connection will close),
+// so a handler cannot tell the two apart on the wire. What it leaves out is
+// what the fast loop never serves: HTTP/1.0, 100-continue and upgrades
+// (Hijack), which stay with net/http.
+type h1writer struct {
+	c       *h1fastConn
+	req     *http.Request
+	body    *h1body
+	header  http.Header
+	status  int   // final status once written, 0 before
+	sent    bool  // status line and header are in c.bw
+	cl      int64 // declared or computed Content-Length, -1 none
+	written int64 // body bytes accepted
+	chunked bool
+	// closeAfter: the connection closes after this response.
+	closeAfter bool
+	// pending holds the start of the body until the header goes out, so a
+	// short body gets a Content-Length (the connection's buffer).
+	pending  []byte
+	trailers []string // declared in "Trailer"
+	werr     error    // first write error: the client is gone
+	done     bool     // the handler returned
+	deadline bool     // the handler moved the write deadline
+}
+
+// pendingMax matches the buffer net/http holds back before it starts
+// chunking; a longer body (or a Flush) sends the header first.
+const pendingMax = 2048
+
+func (w *h1writer) Header() http.Header { return w.header }
+
+func (w *h1writer) WriteHeader(code int) {
+	if w.status != 0 {
+		w.c.s.log.Warn("http: superfluous WriteHeader call", "status", code, "uri", w.req.RequestURI)
+		return
+	}
+	if code < 100 || code > 999 {
+		panic(fmt.Sprintf("invalid WriteHeader code %v", code))
+	}
+	if code < 200 && code != http.StatusSwitchingProtocols {
+		w.writeInterim(code)
+		return
+	}
+	w.status = code
+	if v := w.header["Content-Length"]; len(v) > 0 {
+		n, err := strconv.ParseInt(v[0], 10, 64)
+		if err == nil && n >= 0 {
+			w.cl = n
+		} else {
+			w.c.s.log.Warn("http: invalid Content-Length", "value", v[0])
+			delete(w.header, "Content-Length")
+		}
+	}
+	if hasTrailers(w.header) {
+		// Trailers are set after the body, in the same map: the header
+		// must be written now, as net/http snapshots it here.
+		w.sendHeader()
+	}
+}
+
+// writeInterim sends a 1xx response at once, with the fields set so far
+// (RFC 8297 asks that they stay for the final response).
+func (w *h1writer) writeInterim(code int) {
+	bw := w.c.bw
+	writeStatusLine(bw, code)
+	w.writeFields(suppressedNoBody[:])
+	bw.WriteString("\r\n")
+	w.noteErr(bw.Flush())
+}
+
+func (w *h1writer) Write(p []byte) (int, error) {
+	if w.status == 0 {
+		w.WriteHeader(http.StatusOK)
+	}
+	if !bodyAllowedForStatus(w.status) {
+		return 0, http.ErrBodyNotAllowed
+	}
+	w.written += int64(len(p))
+	if w.cl >= 0 && w.written > w.cl {
+		return 0, http.ErrContentLength
+	}
+	if w.werr != nil {
+		return 0, w.werr
+	}
+	if w.req.Method == http.MethodHead {
+		return len(p), nil
+	}
+	if !w.sent {
+		if len(w.pending)+len(p) <= pendingMax {
+			w.pending = append(w.pending, p...)
+			return len(p), nil
+		}
+		w.sendHeader()
+	}
+	return w.writeBody(p)
+}
+
+func (w *h1writer) WriteString(s string) (int, error) {
+	// Small strings (error pages) go through pending without a copy of
+	// their own.
+	if w.status != 0 && !w.sent && len(w.pending)+len(s) <= pendingMax && bodyAllowedForStatus(w.status) &&
+		w.req.Method != http.MethodHead && (w.cl < 0 || w.written+int64(len(s)) <= w.cl) && w.werr == nil {
+		w.written += int64(len(s))
+		w.pending = append(w.pending, s...)
+		return len(s), nil
+	}
+	return w.Write([]byte(s))
+}
+
+func (w *h1writer) writeBody(p []byte) (int, error) {
+	bw := w.c.bw
+	if w.chunked && len(p) > 0 {
+		bw.WriteString(strconv.FormatInt(int64(len(p)), 16))
+		bw.WriteString("\r\n")
+		n, err := bw.Write(p)
+		bw.WriteString("\r\n")
+		w.noteErr(err)
+		return n, w.werr
+	}
+	n, err := bw.Write(p)
+	w.noteErr(err)
+	return n, w.werr
+}
+
+func (w *h1writer) noteErr(err error) {
+	if err != nil && w.werr == nil {
+		w.werr = err
+	}
+}
+
+// Flush sends the header, if not yet sent, and everything buffered.
+func (w *h1writer) Flush() { _ = w.FlushError() }
+
+// FlushError is what http.ResponseController.Flush calls.
+func (w *h1writer) FlushError() error {
+	if w.status == 0 {
+		w.WriteHeader(http.StatusOK)
+	}
+	if !w.sent {
+		w.sendHeader()
+	}
+	if w.werr != nil {
+		return w.werr
+	}
+	w.noteErr(w.c.bw.Flush())
+	return w.werr
+}
+
+// SetReadDeadline and SetWriteDeadline are what http.ResponseController
+// calls; they act on the connection, as net/http's HTTP/1 writer does.
+func (w *h1writer) SetReadDeadline(t time.Time) error { return w.c.nc.SetReadDeadline(t) }
+
+func (w *h1writer) SetWriteDeadline(t time.Time) error {
+	w.deadline = true
+	return w.c.nc.SetWriteDeadline(t)
+}
+
+// finish completes the response after the handler returned: header (with a
+// computed Content-Length when the body fitted in pending), held-back body,
+// last chunk and trailers. It reports whether the connection may serve
+// another request.
+func (w *h1writer) finish() bool {
+	w.done = true
+	if w.status == 0 {
+		w.WriteHeader(http.StatusOK)
+	}
+	if !w.sent {
+		w.sendHeader()
+	}
+	if w.chunked {
+		bw := w.c.bw
+		bw.WriteString("0\r\n")
+		w.writeTrailers()
+		bw.WriteString("\r\n")
+	}
+	w.noteErr(w.c.bw.Flush())
+	if w.deadline {
+		// Whatever the handler (the slow-client watch) set was for this
+		// response only.
+		w.c.nc.SetWriteDeadline(time.Time{})
+	}
+	switch {
+	case w.werr != nil, w.closeAfter:
+		return false
+	case w.req.Method != http.MethodHead && w.cl >= 0 && bodyAllowedForStatus(w.status) && w.written != w.cl:
+		return false // short body: the client would read the next response as its rest
+	}
+	return true
+}
+
+// sendHeader writes the status line and header into c.bw, deciding the
+// framing as net/http's chunkWriter.writeHeader does.
+func (w *h1writer) sendHeader() {
+	w.sent = true
+	h := w.header
+	code := w.status
+	head := w.req.Method == http.MethodHead
+	te := ""
+	if v := h["Transfer-Encoding"]; len(v) > 0 {
+		te = v[0]
+	}
+	trailers := hasTrailers(h)
+	if trailers {
+		for _, v := range h["Trailer"] {
+			forEachElement(v, func(k string) {
+				if k = http.CanonicalHeaderKey(k); httpguts.ValidTrailerHeader(k) {
+					w.trailers = append(w.trailers, k)
+				}
+			})
+		}
+	}
+	var setCL bool
+	if w.done && !trailers && te == "" && bodyAllowedForStatus(code) && w.cl < 0 && (!head || w.written > 0) {
+		if head {
+			w.cl = w.written
+		} else {
+			w.cl = int64(len(w.pending))
+		}
+		setCL = true
+	}
+	if hasToken(h["Connection"], "close") || w.req.Close || w.c.s.draining.Load() {
+		w.closeAfter = true
+	}
+	if !w.body.eof() {
+		// The handler did not read all of the body. net/http would try to
+		// discard it; the fast loop closes instead (after a lingering
+		// half-close), which is always safe.
+		w.closeAfter = true
+	}
+	var contentType string
+	var suppress []string
+	if bodyAllowedForStatus(code) {
+		_, haveType := h["Content-Type"]
+		if !haveType && te == "" && len(w.pending) > 0 && h.Get("Content-Encoding") == "" {
+			contentType = http.DetectContentType(w.pending)
+		}
+	} else if code == http.StatusNotModified {
+		suppress = suppressed304[:]
+	} else {
+		suppress = suppressedNoBody[:]
+	}
+	switch {
+	case w.cl >= 0 && te != "" && te != "identity":
+		w.cl = -1 // net/http: Transfer-Encoding wins over Content-Length
+		fallthrough
+	case w.cl < 0 && !head && bodyAllowedForStatus(code):
+		if te == "identity" {
+			w.closeAfter = true // the body ends when the connection does
+		} else {
+			w.chunked = true
+		}
+	}
+
+	bw := w.c.bw
+	writeStatusLine(bw, code)
+	w.writeFields(suppress)
+	if setCL {
+		bw.WriteString("Content-Length: ")
+		bw.WriteString(strconv.FormatInt(w.cl, 10))
+		bw.WriteString("\r\n")
+	}
+	if contentType != "" {
+		bw.WriteString("Content-Type: ")
+		bw.WriteString(contentType)
+		bw.WriteString("\r\n")
+	}
+	if w.chunked {
+		bw.WriteString("Transfer-Encoding: chunked\r\n")
+	}
+	if w.closeAfter && code != http.StatusSwitchingProtocols {
+		bw.WriteString("Connection: close\r\n")
+	}
+	if _, ok := h["Date"]; !ok {
+		bw.WriteString("Date: ")
+		bw.Write(httpDate())
+		bw.WriteString("\r\n")
+	}
+	bw.WriteString("\r\n")
+	if len(w.pending) > 0 {
+		p := w.pending
+		w.pending = w.pending[:0]
+		w.writeBody(p)
+	}
+}
+
+var (
+	suppressed304    = [...]string{"Content-Type", "Content-Length", "Transfer-Encoding"}
+	suppressedNoBody = [...]string{"Content-Length", "Transfer-Encoding"}
+)
+
+// writeFields writes the handler's fields: never Transfer-Encoding, never
+// Connection (sendHeader writes its own), never trailers-to-be, and never
+// what suppress names. Invalid names are dropped and line breaks in values
+// become spaces, as net/http does.
+func (w *h1writer) writeFields(suppress []string) {
+	bw := w.c.bw
+	for k, vv := range w.header {
+		switch k {
+		case "Transfer-Encoding", "Connection":
+			continue
+		}
+		if strings.HasPrefix(k, http.TrailerPrefix) || contains(suppress, k) || !httpguts.ValidHeaderFieldName(k) {
+			continue
+		}
+		for _, v := range vv {
+			writeField(bw, k, v)
+		}
+	}
+}
+
+func writeField(bw *bufio.Writer, k, v string) {
+	if strings.ContainsAny(v, "\r\n") {
+		v = strings.NewReplacer("\r\n", " ", "\r", " ", "\n", " ").Replace(v)
+	}
+	bw.WriteString(k)
+	bw.WriteString(": ")
+	bw.WriteString(textproto.TrimString(v))
+	bw.WriteString("\r\n")
+}
+
+func (w *h1writer) writeTrailers() {
+	bw := w.c.bw
+	for k, vv := range w.header {
+		if name, ok := strings.CutPrefix(k, http.TrailerPrefix); ok && httpguts.ValidHeaderFieldName(name) {
+			for _, v := range vv {
+				writeField(bw, name, v)
+			}
+		}
+	}
+	for _, k := range w.trailers {
+		for _, v := range w.header[k] {
+			writeField(bw, k, v)
+		}
+	}
+}
+
+func hasTrailers(h http.Header) bool {
+	if len(h["Trailer"]) > 0 {
+		return true
+	}
+	for k := range h {
+		if strings.HasPrefix(k, http.TrailerPrefix) {
+			return true
+		}
+	}
+	return false
+}
+
+func bodyAllowedForStatus(code int) bool {
+	return code >= 200 && code != http.StatusNoContent && code != http.StatusNotModified
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+func forEachElement(v string, fn func(string)) {
+	for f := range strings.SplitSeq(v, ",") {
+		if f = textproto.TrimString(f); f != "" {
+			fn(f)
+		}
+	}
+}
+
+// hasToken reports whether any of the comma-separated lines holds token
+// (case-insensitive).
+func hasToken(lines []string, token string) bool {
+	for _, line := range lines {
+		for f := range strings.SplitSeq(line, ",") {
+			if asciiEqualFold(textproto.TrimString(f), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// statusLines caches "HTTP/1.1 200 OK\r\n" and friends.
+var statusLines [600]string
+
+func init() {
+	for code := 100; code < len(statusLines); code++ {
+		if text := http.StatusText(code); text != "" {
+			statusLines[code] = "HTTP/1.1 " + strconv.Itoa(code) + " " + text + "\r\n"
+		}
+	}
+}
+
+func writeStatusLine(bw *bufio.Writer, code int) {
+	if code < len(statusLines) && statusLines[code] != "" {
+		bw.WriteString(statusLines[code])
+		return
+	}
+	// net/http's wording for codes it has no text for.
+	fmt.Fprintf(bw, "HTTP/1.1 %03d status code %d\r\n", code, code)
+}
+
+// httpDate returns the Date field's value for now, formatted once a second.
+func httpDate() []byte {
+	now := time.Now()
+	sec := now.Unix()
+	if d := cachedDate.Load(); d != nil && d.sec == sec {
+		return d.text
+	}
+	d := &dateText{sec: sec, text: now.UTC().AppendFormat(make([]byte, 0, 29), http.TimeFormat)}
+	cachedDate.Store(d)
+	return d.text
+}
+
+type dateText struct {
+	sec  int64
+	text []byte
+}
+
+var cachedDate atomic.Pointer[dateText]
