@@ -21,7 +21,7 @@ import (
 func h1WatchProxy(t *testing.T, addr string) *httptest.Server {
 	t.Helper()
 	h, _ := h1Proxy(t, addr, proxy.TransportOptions{}, proxy.RetryPolicy{Retries: -1})
-	px := httptest.NewServer(h)
+	px := frontServer(t, h)
 	t.Cleanup(px.Close)
 	return px
 }
@@ -86,7 +86,7 @@ func TestH1HeaderTimeoutInsideFastWindow(t *testing.T) {
 	})
 	h, _ := h1Proxy(t, u.ln.Addr().String(), proxy.TransportOptions{ResponseHeaderTimeout: 30 * time.Millisecond},
 		proxy.RetryPolicy{Retries: -1})
-	px := httptest.NewServer(h)
+	px := frontServer(t, h)
 	defer px.Close()
 	start := time.Now()
 	res, err := isolatedClient(t).Get(px.URL + "/")

@@ -28,7 +28,7 @@ func newProxy(t *testing.T, cfg proxy.Config, backends ...*httptest.Server) *htt
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(h)
+	srv := frontServer(t, h)
 	t.Cleanup(func() { srv.Close(); h.Close() })
 	return srv
 }

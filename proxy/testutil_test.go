@@ -259,7 +259,7 @@ func startWrappedProxy(t testing.TB, cfg proxy.Config, wrap func(http.Handler) h
 	if wrap != nil {
 		hh = wrap(h)
 	}
-	srv := httptest.NewServer(hh)
+	srv := frontServer(t, hh)
 	t.Cleanup(func() { srv.Close(); h.Close() })
 	return srv, h
 }

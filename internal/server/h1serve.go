@@ -52,8 +52,11 @@ func newH1Server(h http.Handler, o Options, std *http.Server, addr net.Addr) *h1
 
 // useFastLoop reports whether o lets the fast loop serve plain HTTP/1.1.
 func useFastLoop(o Options, tlsOn bool) bool {
-	return !tlsOn && !o.StdHTTP1 && o.ReadTimeout <= 0 && o.WriteTimeout <= 0
+	return !tlsOn && !o.StdHTTP1 && !forceStdHTTP1 && o.ReadTimeout <= 0 && o.WriteTimeout <= 0
 }
+
+// forceStdHTTP1 is set by the tests, to run them all on net/http's server.
+var forceStdHTTP1 bool
 
 // acceptLoop accepts until ln fails or is closed; it returns nil when it
 // was closed for a shutdown. Temporary errors (out of file descriptors)

@@ -227,14 +227,12 @@ func (w *h1writer) sendHeader() {
 			})
 		}
 	}
-	var setCL bool
 	if w.done && !trailers && te == "" && bodyAllowedForStatus(code) && w.cl < 0 && (!head || w.written > 0) {
 		if head {
 			w.cl = w.written
 		} else {
 			w.cl = int64(len(w.pending))
 		}
-		setCL = true
 	}
 	if hasToken(h["Connection"], "close") || w.req.Close || w.c.s.draining.Load() {
 		w.closeAfter = true
@@ -257,11 +255,10 @@ func (w *h1writer) sendHeader() {
 	} else {
 		suppress = suppressedNoBody[:]
 	}
-	switch {
-	case w.cl >= 0 && te != "" && te != "identity":
-		w.cl = -1 // net/http: Transfer-Encoding wins over Content-Length
-		fallthrough
-	case w.cl < 0 && !head && bodyAllowedForStatus(code):
+	if w.cl >= 0 && te != "" && te != "identity" {
+		w.cl = -1 // net/http: a handler's Transfer-Encoding wins over its Content-Length
+	}
+	if w.cl < 0 && !head && bodyAllowedForStatus(code) {
 		if te == "identity" {
 			w.closeAfter = true // the body ends when the connection does
 		} else {
@@ -272,7 +269,7 @@ func (w *h1writer) sendHeader() {
 	bw := w.c.bw
 	writeStatusLine(bw, code)
 	w.writeFields(suppress)
-	if setCL {
+	if w.cl >= 0 && !contains(suppress, "Content-Length") {
 		bw.WriteString("Content-Length: ")
 		bw.WriteString(strconv.FormatInt(w.cl, 10))
 		bw.WriteString("\r\n")
@@ -306,15 +303,15 @@ var (
 	suppressedNoBody = [...]string{"Content-Length", "Transfer-Encoding"}
 )
 
-// writeFields writes the handler's fields: never Transfer-Encoding, never
-// Connection (sendHeader writes its own), never trailers-to-be, and never
-// what suppress names. Invalid names are dropped and line breaks in values
+// writeFields writes the handler's fields: never the framing ones
+// (sendHeader writes Content-Length, Transfer-Encoding and Connection as
+// it decided them), never trailers-to-be, and never what suppress names. Invalid names are dropped and line breaks in values
 // become spaces, as net/http does.
 func (w *h1writer) writeFields(suppress []string) {
 	bw := w.c.bw
 	for k, vv := range w.header {
 		switch k {
-		case "Transfer-Encoding", "Connection":
+		case "Content-Length", "Transfer-Encoding", "Connection":
 			continue
 		}
 		if strings.HasPrefix(k, http.TrailerPrefix) || contains(suppress, k) || !httpguts.ValidHeaderFieldName(k) {
