@@ -64,6 +64,7 @@ type proxyOptions struct {
 	Admin                 string // "" off, else the admin endpoint's listen address
 	TLSCert, TLSKey       string
 	H2C                   bool
+	StdHTTP1              bool // net/http's server for every HTTP/1 connection
 
 	// Health and limits (issue 3): see docs/upstream.md.
 	HealthURI      string // "" = no active checks
@@ -388,6 +389,15 @@ var proxyFlags = []flagSpec{
 				return errors.New("want true or false (or just --h2c)")
 			}
 			o.H2C = b
+			return nil
+		}},
+	{"std-http1", "", "off", "serve HTTP/1 with net/http's server only, without sluice's fast HTTP/1.1 loop",
+		func(o *proxyOptions, s string) error {
+			b, err := strconv.ParseBool(s)
+			if err != nil {
+				return errors.New("want true or false (or just --std-http1)")
+			}
+			o.StdHTTP1 = b
 			return nil
 		}},
 }

@@ -62,6 +62,7 @@ func TestParseProxyFlagsGood(t *testing.T) {
 		{"tls", append([]string{"--tls-cert", "c.pem", "--tls-key", "k.pem"}, to...), func(o proxyOptions) bool { return o.TLSCert == "c.pem" && o.TLSKey == "k.pem" }},
 		{"h2c", append([]string{"--h2c"}, to...), func(o proxyOptions) bool { return o.H2C }},
 		{"h2c=false", append([]string{"--h2c=false"}, to...), func(o proxyOptions) bool { return !o.H2C }},
+		{"std-http1", append([]string{"--std-http1"}, to...), func(o proxyOptions) bool { return o.StdHTTP1 }},
 		{"admin", append([]string{"--admin", "127.0.0.1:2019"}, to...), func(o proxyOptions) bool { return o.Admin == "127.0.0.1:2019" }},
 		{"admin and from on port 0", append([]string{"--from", "127.0.0.1:0", "--admin", "127.0.0.1:0"}, to...),
 			func(o proxyOptions) bool { return o.Admin == "127.0.0.1:0" }},

@@ -212,6 +212,7 @@ func (o proxyOptions) serverOptions(log *slog.Logger) server.Options {
 		TLSCert:          o.TLSCert,
 		TLSKey:           o.TLSKey,
 		H2C:              o.H2C,
+		StdHTTP1:         o.StdHTTP1,
 		MaxHeaderBytes:   o.MaxHeaderBytes,
 		BodyReadTimeout:  noneIfZero(o.BodyReadTimeout),
 		WriteIdleTimeout: noneIfZero(o.WriteIdleTimeout),
