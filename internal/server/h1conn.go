@@ -26,8 +26,14 @@ type h1fastConn struct {
 	ctx    context.Context // values every request's context carries
 	state  atomic.Int32    // connIdle, connActive, connClosed
 	cur    atomic.Pointer[reqCtx]
-	body   atomic.Pointer[h1body]
 	buf    [pendingMax]byte // backs h1writer.pending
+}
+
+// h1exchange is one request's state, in one allocation.
+type h1exchange struct {
+	ctx  reqCtx
+	w    h1writer
+	body h1body
 }
 
 // Connection states, for a shutdown that closes idle connections only.
@@ -45,6 +51,15 @@ const fastReadBuffer = 4 << 10
 // body bytes unread waits after its half-close, so the client reads the
 // response before the close resets the connection (net/http waits as long).
 const lingerAfterUnreadBody = 500 * time.Millisecond
+
+// Like net/http, a body the handler left unread is read and discarded
+// before the response, when it is short (maxDiscard) and comes quickly
+// (discardTimeout), so the connection can serve the next request. Anything
+// else closes the connection.
+const (
+	maxDiscard     = 256 << 10
+	discardTimeout = time.Second
+)
 
 func (c *h1fastConn) serve() {
 	s := c.s
@@ -102,11 +117,12 @@ func (c *h1fastConn) readHead(first bool) (int, error) {
 		headerTimed = true
 		setDeadline(c.nc, o.ReadHeaderTimeout)
 	}
-	for {
+	for scanned := 0; ; {
 		n := c.br.Buffered()
 		if n > 0 {
 			b, _ := c.br.Peek(n)
-			i := headEnd(b)
+			i := headEndFrom(b, max(0, scanned-3))
+			scanned = n
 			switch {
 			case i > 0:
 				return i, nil
@@ -140,7 +156,9 @@ func setDeadline(nc net.Conn, d time.Duration) {
 // because request body bytes may still be on their way.
 func (c *h1fastConn) serveRequest(h *head) (keep, linger bool) {
 	s := c.s
-	ctx := &reqCtx{Context: c.ctx, c: c}
+	ex := &h1exchange{}
+	ctx := &ex.ctx
+	ctx.Context, ctx.c = c.ctx, c
 	tmpl := http.Request{
 		Method:     h.method,
 		URL:        h.url,
@@ -156,7 +174,10 @@ func (c *h1fastConn) serveRequest(h *head) (keep, linger bool) {
 	}
 	var body *h1body
 	if h.contentLength > 0 {
-		body = newBody(c, h.contentLength)
+		body = &ex.body
+		body.c, body.x = c, ctx
+		body.remain.Store(h.contentLength)
+		ctx.body = body
 		tmpl.Body = body
 		tmpl.ContentLength = h.contentLength
 		if !s.bodyDeadlines {
@@ -164,14 +185,17 @@ func (c *h1fastConn) serveRequest(h *head) (keep, linger bool) {
 		}
 	}
 	req := tmpl.WithContext(ctx)
-	w := &h1writer{c: c, req: req, body: body, header: make(http.Header), cl: -1, pending: c.buf[:0]}
-	c.body.Store(body)
+	w := &ex.w
+	w.c, w.req, w.body, w.header, w.cl, w.pending = c, req, body, make(http.Header), -1, c.buf[:0]
 	c.cur.Store(ctx)
+	c.cr.begin(ctx)
 
 	panicked := s.runHandler(w, req)
+	w.over.Store(true)
 
-	// As net/http: the request's context ends with the handler.
-	c.cr.abort()
+	// As net/http: the request's context ends with the handler, and
+	// nothing started for it reads the connection after that.
+	c.cr.end()
 	c.cur.Store(nil)
 	ctx.cancel(context.Canceled)
 	unread := !body.eof()
@@ -181,8 +205,12 @@ func (c *h1fastConn) serveRequest(h *head) (keep, linger bool) {
 		c.nc.SetReadDeadline(aLongTimeAgo)
 		body.close()
 		c.nc.SetReadDeadline(time.Time{})
+		if !panicked && !w.sent && body.remain.Load() <= maxDiscard {
+			c.nc.SetReadDeadline(time.Now().Add(discardTimeout))
+			unread = !body.discard()
+			c.nc.SetReadDeadline(time.Time{})
+		}
 	}
-	c.body.Store(nil)
 	if panicked {
 		// What was written goes out; what was held back does not, so a
 		// response cut short never looks complete.
@@ -212,14 +240,14 @@ func (s *h1server) runHandler(w *h1writer, r *http.Request) (panicked bool) {
 	return false
 }
 
-// watchClient starts the background read that notices the client leaving,
-// once the request body is read: until then a leaving client fails the
-// body's reads, which cancel the context.
-func (c *h1fastConn) watchClient() {
-	if b := c.body.Load(); b != nil && !b.watchAtEOF() {
+// watchClient starts the background read that notices x's client leaving,
+// once x's body is read: until then a leaving client fails the body's
+// reads, which cancel the context.
+func (c *h1fastConn) watchClient(x *reqCtx) {
+	if x.body != nil && !x.body.watchAtEOF() {
 		return // the body's last read starts it
 	}
-	c.cr.startBackground()
+	c.cr.startBackground(x)
 }
 
 // clientFailed is called on a failed read of the connection: the request
@@ -244,7 +272,8 @@ func (c *h1fastConn) closeWriteAndWait() {
 type connReader struct {
 	c       *h1fastConn
 	mu      sync.Mutex
-	inRead  bool // a background read is running
+	live    *reqCtx // the request whose handler runs; nil between requests
+	inRead  bool    // a background read is running
 	aborted bool
 	hasByte bool
 	b       [1]byte
@@ -267,10 +296,28 @@ func (cr *connReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func (cr *connReader) startBackground() {
+// begin and end bracket x's handler: only then may a background read
+// run for it.
+func (cr *connReader) begin(x *reqCtx) {
+	cr.mu.Lock()
+	cr.live = x
+	cr.mu.Unlock()
+}
+
+func (cr *connReader) end() {
+	cr.mu.Lock()
+	cr.live = nil
+	cr.mu.Unlock()
+	cr.abort()
+}
+
+// startBackground starts the background read for x, unless x's handler has
+// returned: a goroutine it left behind that asks for Done late must not
+// put a read on the connection while the next request is read from it.
+func (cr *connReader) startBackground(x *reqCtx) {
 	cr.mu.Lock()
 	defer cr.mu.Unlock()
-	if cr.inRead || cr.hasByte {
+	if cr.live != x || cr.inRead || cr.hasByte {
 		return
 	}
 	cr.inRead = true
@@ -320,6 +367,7 @@ func isTimeout(err error) bool {
 // whether the body is done never waits for a read blocked on the client.
 type h1body struct {
 	c      *h1fastConn
+	x      *reqCtx
 	mu     sync.Mutex
 	remain atomic.Int64
 	closed atomic.Bool
@@ -327,19 +375,23 @@ type h1body struct {
 	err    error       // sticky read error, under mu
 }
 
-func newBody(c *h1fastConn, n int64) *h1body {
-	b := &h1body{c: c}
-	b.remain.Store(n)
-	return b
-}
-
 func (b *h1body) Read(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.closed.Load() {
+		return 0, http.ErrBodyReadAfterClose
+	}
+	n, err := b.readLocked(p)
+	if err == io.EOF && n > 0 && b.watch.Load() {
+		b.c.cr.startBackground(b.x)
+	}
+	return n, err
+}
+
+// readLocked reads from the connection's buffer, at most what is left.
+func (b *h1body) readLocked(p []byte) (int, error) {
 	remain := b.remain.Load()
 	switch {
-	case b.closed.Load():
-		return 0, http.ErrBodyReadAfterClose
 	case b.err != nil:
 		return 0, b.err
 	case remain == 0:
@@ -356,9 +408,6 @@ func (b *h1body) Read(p []byte) (int, error) {
 	switch {
 	case remain == 0:
 		err = io.EOF
-		if b.watch.Load() {
-			b.c.cr.startBackground()
-		}
 	case err == io.EOF:
 		err = io.ErrUnexpectedEOF
 	}
@@ -384,6 +433,26 @@ func (b *h1body) close() {
 	b.mu.Lock()
 	b.closed.Store(true)
 	b.mu.Unlock()
+}
+
+// discard reads what is left of the body and drops it; it reports whether
+// it got to the end. The caller sets the deadline.
+func (b *h1body) discard() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.err != nil {
+		return false // a read failed (client gone, slow-client limit): no hope
+	}
+	for {
+		n := min(b.remain.Load(), int64(b.c.br.Size()))
+		if n == 0 {
+			return true
+		}
+		if _, err := b.c.br.Discard(int(n)); err != nil {
+			return false
+		}
+		b.remain.Add(-n)
+	}
 }
 
 func (b *h1body) eof() bool { return b == nil || b.remain.Load() == 0 }

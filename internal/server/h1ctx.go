@@ -18,6 +18,7 @@ import (
 type reqCtx struct {
 	context.Context // the connection's: values only
 	c               *h1fastConn
+	body            *h1body // nil without a body
 	mu              sync.Mutex
 	done            chan struct{}
 	err             error
@@ -47,7 +48,7 @@ func (x *reqCtx) Done() <-chan struct{} {
 	start := x.startLocked()
 	x.mu.Unlock()
 	if start {
-		x.c.watchClient()
+		x.c.watchClient(x)
 	}
 	return d
 }
@@ -74,7 +75,7 @@ func (x *reqCtx) AfterFunc(f func()) (stop func() bool) {
 	start := x.startLocked()
 	x.mu.Unlock()
 	if start {
-		x.c.watchClient()
+		x.c.watchClient(x)
 	}
 	return func() bool {
 		x.mu.Lock()

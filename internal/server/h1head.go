@@ -47,9 +47,15 @@ const maxFastHeaders = 64
 // blank line), 0 when b holds no complete head yet, or -1 when b has a CR
 // or LF that is not part of a CRLF: net/http's to judge, and no reason to
 // wait for a blank line that may never come.
-func headEnd(b []byte) int {
-	for i, c := range b {
-		switch c {
+func headEnd(b []byte) int { return headEndFrom(b, 0) }
+
+// headEndFrom is headEnd for a b whose bytes before from were scanned
+// already (and found no end): a head that arrives in pieces is not
+// rescanned from its start each time. from must leave the last three
+// scanned bytes to scan again.
+func headEndFrom(b []byte, from int) int {
+	for i := from; i < len(b); i++ {
+		switch b[i] {
 		case '\r':
 			if i+1 < len(b) && b[i+1] != '\n' {
 				return -1

@@ -110,6 +110,7 @@ func (s *h1server) forget(c *h1fastConn) {
 // handOff gives c to net/http's server, the bytes read so far first.
 func (s *h1server) handOff(c *h1fastConn) {
 	c.state.Store(connClosed)
+	c.cr.abort()
 	if !s.handoff.give(&replayConn{Conn: c.nc, c: c}) {
 		c.nc.Close() // shutting down
 	}
@@ -153,14 +154,18 @@ func (s *h1server) waitIdle(ctx context.Context) error {
 	}
 }
 
-// closeAll closes every connection and waits for their goroutines.
+// closeAll closes every connection and cancels the requests in flight. Like
+// net/http's Close it does not wait for handlers: one that ignores its
+// context would hold the shutdown forever.
 func (s *h1server) closeAll() {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	for c := range s.conns {
 		c.nc.Close()
+		if x := c.cur.Load(); x != nil {
+			x.cancel(context.Canceled)
+		}
 	}
-	s.mu.Unlock()
-	s.wg.Wait()
 }
 
 // handoffListener is the listener net/http's server accepts handed-off

@@ -2,6 +2,7 @@ package server
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/textproto"
@@ -21,10 +22,14 @@ import (
 // what the fast loop never serves: HTTP/1.0, 100-continue and upgrades
 // (Hijack), which stay with net/http.
 type h1writer struct {
-	c       *h1fastConn
-	req     *http.Request
-	body    *h1body
-	header  http.Header
+	c      *h1fastConn
+	req    *http.Request
+	body   *h1body
+	header http.Header
+	// snap is the header as it was when WriteHeader was called, taken when
+	// the handler asks for the map again before it was sent: net/http
+	// sends that state, and later changes are trailers.
+	snap    http.Header
 	status  int   // final status once written, 0 before
 	sent    bool  // status line and header are in c.bw
 	cl      int64 // declared or computed Content-Length, -1 none
@@ -37,17 +42,34 @@ type h1writer struct {
 	pending  []byte
 	trailers []string // declared in "Trailer"
 	werr     error    // first write error: the client is gone
-	done     bool     // the handler returned
+	done     bool     // finishing: the handler returned
 	deadline bool     // the handler moved the write deadline
+	// over is set when the handler returned: a goroutine it left behind
+	// must not write into the next response or move its deadlines.
+	over atomic.Bool
 }
+
+var errHandlerReturned = errors.New("http: response used after its handler returned")
 
 // pendingMax matches the buffer net/http holds back before it starts
 // chunking; a longer body (or a Flush) sends the header first.
 const pendingMax = 2048
 
-func (w *h1writer) Header() http.Header { return w.header }
+func (w *h1writer) Header() http.Header {
+	if w.status != 0 && !w.sent && w.snap == nil && !w.over.Load() {
+		w.snap = w.header.Clone()
+	}
+	return w.header
+}
 
 func (w *h1writer) WriteHeader(code int) {
+	if w.over.Load() {
+		return
+	}
+	w.writeHeader(code)
+}
+
+func (w *h1writer) writeHeader(code int) {
 	if w.status != 0 {
 		w.c.s.log.Warn("http: superfluous WriteHeader call", "status", code, "uri", w.req.RequestURI)
 		return
@@ -69,11 +91,6 @@ func (w *h1writer) WriteHeader(code int) {
 			delete(w.header, "Content-Length")
 		}
 	}
-	if hasTrailers(w.header) {
-		// Trailers are set after the body, in the same map: the header
-		// must be written now, as net/http snapshots it here.
-		w.sendHeader()
-	}
 }
 
 // writeInterim sends a 1xx response at once, with the fields set so far
@@ -81,14 +98,17 @@ func (w *h1writer) WriteHeader(code int) {
 func (w *h1writer) writeInterim(code int) {
 	bw := w.c.bw
 	writeStatusLine(bw, code)
-	w.writeFields(suppressedNoBody[:])
+	w.writeFields(w.header, suppressedNoBody[:])
 	bw.WriteString("\r\n")
 	w.noteErr(bw.Flush())
 }
 
 func (w *h1writer) Write(p []byte) (int, error) {
+	if w.over.Load() {
+		return 0, errHandlerReturned
+	}
 	if w.status == 0 {
-		w.WriteHeader(http.StatusOK)
+		w.writeHeader(http.StatusOK)
 	}
 	if !bodyAllowedForStatus(w.status) {
 		return 0, http.ErrBodyNotAllowed
@@ -100,15 +120,15 @@ func (w *h1writer) Write(p []byte) (int, error) {
 	if w.werr != nil {
 		return 0, w.werr
 	}
-	if w.req.Method == http.MethodHead {
-		return len(p), nil
-	}
 	if !w.sent {
 		if len(w.pending)+len(p) <= pendingMax {
 			w.pending = append(w.pending, p...)
 			return len(p), nil
 		}
-		w.sendHeader()
+		w.sendHeader(p)
+	}
+	if w.req.Method == http.MethodHead {
+		return len(p), nil // counted, sniffed, never sent
 	}
 	return w.writeBody(p)
 }
@@ -117,7 +137,7 @@ func (w *h1writer) WriteString(s string) (int, error) {
 	// Small strings (error pages) go through pending without a copy of
 	// their own.
 	if w.status != 0 && !w.sent && len(w.pending)+len(s) <= pendingMax && bodyAllowedForStatus(w.status) &&
-		w.req.Method != http.MethodHead && (w.cl < 0 || w.written+int64(len(s)) <= w.cl) && w.werr == nil {
+		(w.cl < 0 || w.written+int64(len(s)) <= w.cl) && w.werr == nil && !w.over.Load() {
 		w.written += int64(len(s))
 		w.pending = append(w.pending, s...)
 		return len(s), nil
@@ -151,11 +171,14 @@ func (w *h1writer) Flush() { _ = w.FlushError() }
 
 // FlushError is what http.ResponseController.Flush calls.
 func (w *h1writer) FlushError() error {
+	if w.over.Load() {
+		return errHandlerReturned
+	}
 	if w.status == 0 {
-		w.WriteHeader(http.StatusOK)
+		w.writeHeader(http.StatusOK)
 	}
 	if !w.sent {
-		w.sendHeader()
+		w.sendHeader(nil)
 	}
 	if w.werr != nil {
 		return w.werr
@@ -166,9 +189,17 @@ func (w *h1writer) FlushError() error {
 
 // SetReadDeadline and SetWriteDeadline are what http.ResponseController
 // calls; they act on the connection, as net/http's HTTP/1 writer does.
-func (w *h1writer) SetReadDeadline(t time.Time) error { return w.c.nc.SetReadDeadline(t) }
+func (w *h1writer) SetReadDeadline(t time.Time) error {
+	if w.over.Load() {
+		return errHandlerReturned
+	}
+	return w.c.nc.SetReadDeadline(t)
+}
 
 func (w *h1writer) SetWriteDeadline(t time.Time) error {
+	if w.over.Load() {
+		return errHandlerReturned
+	}
 	w.deadline = true
 	return w.c.nc.SetWriteDeadline(t)
 }
@@ -180,10 +211,10 @@ func (w *h1writer) SetWriteDeadline(t time.Time) error {
 func (w *h1writer) finish() bool {
 	w.done = true
 	if w.status == 0 {
-		w.WriteHeader(http.StatusOK)
+		w.writeHeader(http.StatusOK)
 	}
 	if !w.sent {
-		w.sendHeader()
+		w.sendHeader(nil)
 	}
 	if w.chunked {
 		bw := w.c.bw
@@ -207,10 +238,14 @@ func (w *h1writer) finish() bool {
 }
 
 // sendHeader writes the status line and header into c.bw, deciding the
-// framing as net/http's chunkWriter.writeHeader does.
-func (w *h1writer) sendHeader() {
+// framing as net/http's chunkWriter.writeHeader does. next is the write
+// that did not fit in pending, if any: it is sniffed with pending.
+func (w *h1writer) sendHeader(next []byte) {
 	w.sent = true
 	h := w.header
+	if w.snap != nil {
+		h = w.snap
+	}
 	code := w.status
 	head := w.req.Method == http.MethodHead
 	te := ""
@@ -247,8 +282,8 @@ func (w *h1writer) sendHeader() {
 	var suppress []string
 	if bodyAllowedForStatus(code) {
 		_, haveType := h["Content-Type"]
-		if !haveType && te == "" && len(w.pending) > 0 && h.Get("Content-Encoding") == "" {
-			contentType = http.DetectContentType(w.pending)
+		if !haveType && te == "" && len(w.pending)+len(next) > 0 && h.Get("Content-Encoding") == "" {
+			contentType = sniff(w.pending, next)
 		}
 	} else if code == http.StatusNotModified {
 		suppress = suppressed304[:]
@@ -268,7 +303,7 @@ func (w *h1writer) sendHeader() {
 
 	bw := w.c.bw
 	writeStatusLine(bw, code)
-	w.writeFields(suppress)
+	w.writeFields(h, suppress)
 	if w.cl >= 0 && !contains(suppress, "Content-Length") {
 		bw.WriteString("Content-Length: ")
 		bw.WriteString(strconv.FormatInt(w.cl, 10))
@@ -294,9 +329,30 @@ func (w *h1writer) sendHeader() {
 	if len(w.pending) > 0 {
 		p := w.pending
 		w.pending = w.pending[:0]
-		w.writeBody(p)
+		if !head {
+			w.writeBody(p)
+		}
 	}
 }
+
+// sniff is http.DetectContentType over the first bytes of the body, held
+// back (pending) and about to be written (next), as net/http sees them.
+func sniff(pending, next []byte) string {
+	const sniffLen = 512 // what DetectContentType looks at
+	if len(pending) >= sniffLen || len(next) == 0 {
+		return http.DetectContentType(pending)
+	}
+	if len(pending) == 0 {
+		return http.DetectContentType(next)
+	}
+	var buf [sniffLen]byte
+	n := copy(buf[:], pending)
+	n += copy(buf[n:], next)
+	return http.DetectContentType(buf[:n])
+}
+
+// newlineToSpace is net/http's: each CR and each LF becomes a space.
+var newlineToSpace = strings.NewReplacer("\n", " ", "\r", " ")
 
 var (
 	suppressed304    = [...]string{"Content-Type", "Content-Length", "Transfer-Encoding"}
@@ -307,9 +363,9 @@ var (
 // (sendHeader writes Content-Length, Transfer-Encoding and Connection as
 // it decided them), never trailers-to-be, and never what suppress names. Invalid names are dropped and line breaks in values
 // become spaces, as net/http does.
-func (w *h1writer) writeFields(suppress []string) {
+func (w *h1writer) writeFields(h http.Header, suppress []string) {
 	bw := w.c.bw
-	for k, vv := range w.header {
+	for k, vv := range h {
 		switch k {
 		case "Content-Length", "Transfer-Encoding", "Connection":
 			continue
@@ -325,7 +381,7 @@ func (w *h1writer) writeFields(suppress []string) {
 
 func writeField(bw *bufio.Writer, k, v string) {
 	if strings.ContainsAny(v, "\r\n") {
-		v = strings.NewReplacer("\r\n", " ", "\r", " ", "\n", " ").Replace(v)
+		v = newlineToSpace.Replace(v)
 	}
 	bw.WriteString(k)
 	bw.WriteString(": ")
