@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"net/textproto"
-	"os"
 	"reflect"
 	"regexp"
 	"slices"
@@ -66,11 +65,6 @@ func servedBy() string {
 
 // h1Wait bounds every client read and write in these tests.
 const h1Wait = 10 * time.Second
-
-// h1BugsEnv, when set, makes the known bugs this file reproduces fail their
-// tests; without it those tests are skipped (with "BUG: ...") while the bug
-// is there, so the suite stays green.
-const h1BugsEnv = "SLUICE_H1FAST_BUGS"
 
 // dialH1 opens a raw client connection, closed when the test ends.
 func dialH1(t testing.TB, addr string) net.Conn {
@@ -367,15 +361,7 @@ type wireCase struct {
 	// note is a known difference between the two servers that does
 	// not matter to a client; the normalised responses may differ.
 	note string
-	// bug is a known difference that does matter: the subtest is
-	// skipped unless h1BugsEnv is set.
-	bug string
 }
-
-// sniffBug: net/http sniffs the first body bytes the handler writes; the
-// fast loop only what it held back, nothing when the first write does not
-// fit its 2048-byte buffer.
-const sniffBug = "no sniffed Content-Type when the first write is larger than 2048 bytes"
 
 var longBody = strings.Repeat("0123456789abcdef", 3000/16+1)[:3000]
 
@@ -387,9 +373,9 @@ func wireCases() []wireCase {
 		{name: "empty", h: func(w http.ResponseWriter, r *http.Request) {}},
 		{name: "short-body", h: write("hello, world\n")},
 		{name: "html-sniffed", h: write("<!DOCTYPE html><p>hi</p>")},
-		{name: "long-body-chunked", bug: sniffBug, h: write(longBody)},
+		{name: "long-body-chunked", h: write(longBody)},
 		{name: "body-2048", h: write(longBody[:2048])},
-		{name: "body-2049", bug: sniffBug, h: write(longBody[:2049])},
+		{name: "body-2049", h: write(longBody[:2049])},
 		{name: "body-1000-then-1049", note: "chunk boundaries differ (net/http re-buffers to 2048-byte chunks); same body",
 			h: func(w http.ResponseWriter, r *http.Request) {
 				io.WriteString(w, longBody[:1000])
@@ -399,7 +385,7 @@ func wireCases() []wireCase {
 			w.Header().Set("Content-Length", "5")
 			io.WriteString(w, "hello")
 		}},
-		{name: "explicit-cl-long", bug: sniffBug, h: func(w http.ResponseWriter, r *http.Request) {
+		{name: "explicit-cl-long", h: func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Length", strconv.Itoa(len(longBody)))
 			io.WriteString(w, longBody)
 		}},
@@ -413,8 +399,7 @@ func wireCases() []wireCase {
 				io.WriteString(w, "hello")
 			}},
 		{name: "head-no-write", method: "HEAD", h: func(w http.ResponseWriter, r *http.Request) {}},
-		{name: "head-write", method: "HEAD", h: write("hello"),
-			bug: "HEAD: the fast loop sends no sniffed Content-Type (net/http sniffs what the handler wrote, as for GET)"},
+		{name: "head-write", method: "HEAD", h: write("hello")},
 		{name: "head-long-write", method: "HEAD", h: write(longBody),
 			note: "the fast loop sends Content-Length: 3000 (the size GET would send), net/http no length; no body either way"},
 		{name: "head-explicit-cl", method: "HEAD", h: func(w http.ResponseWriter, r *http.Request) {
@@ -451,13 +436,13 @@ func wireCases() []wireCase {
 			w.Header().Set("X-Sum", "5d41")
 			w.Header().Set("X-Count", "1")
 		}},
-		{name: "trailer-declared-sniffed", bug: "declared trailers: the header goes out at WriteHeader, before any body to sniff a Content-Type from",
+		{name: "trailer-declared-sniffed",
 			h: func(w http.ResponseWriter, r *http.Request) {
 				w.Header().Set("Trailer", "X-Sum")
 				io.WriteString(w, "hello")
 				w.Header().Set("X-Sum", "5d41")
 			}},
-		{name: "trailer-prefix-long", bug: sniffBug, h: func(w http.ResponseWriter, r *http.Request) {
+		{name: "trailer-prefix-long", h: func(w http.ResponseWriter, r *http.Request) {
 			io.WriteString(w, longBody)
 			w.Header().Set(http.TrailerPrefix+"X-Sum", "abc")
 		}},
@@ -528,7 +513,7 @@ func wireCases() []wireCase {
 		{name: "post-small-unread", method: "POST", body: "hello",
 			note: "net/http reads a small unread body (< 256 KiB) and keeps the connection; the fast loop closes it (Connection: close): safe, costs a reconnect",
 			h:    write("ok")},
-		{name: "late-header", bug: "a field set after WriteHeader is sent by the fast loop; net/http sends the header as it was at WriteHeader",
+		{name: "late-header",
 			h: func(w http.ResponseWriter, r *http.Request) {
 				w.WriteHeader(http.StatusOK)
 				w.Header().Set("X-Late", "1")
@@ -546,7 +531,7 @@ func wireCases() []wireCase {
 			w.Header().Set("Content-Length", "10")
 			io.WriteString(w, "hello")
 		}},
-		{name: "late-cl-chunked", bug: sniffBug, h: func(w http.ResponseWriter, r *http.Request) {
+		{name: "late-cl-chunked", h: func(w http.ResponseWriter, r *http.Request) {
 			w.WriteHeader(http.StatusOK)
 			w.Header().Set("Content-Length", strconv.Itoa(len(longBody)))
 			io.WriteString(w, longBody)
@@ -784,12 +769,8 @@ func TestH1FastWireParity(t *testing.T) {
 					f := wireExchange(t, fast.addr, c)
 					s := wireExchange(t, std.addr, c)
 					switch {
-					case f.norm == s.norm && c.bug != "":
-						t.Logf("marked BUG (%s), but the responses agree now: drop the mark", c.bug)
 					case f.norm != s.norm && c.note != "":
 						t.Logf("known difference (%s):\nfast:\n%s\nstd:\n%s", c.note, f.norm, s.norm)
-					case f.norm != s.norm && c.bug != "" && os.Getenv(h1BugsEnv) == "":
-						t.Skipf("BUG: %s (set %s=1 to fail)\nfast:\n%s\nstd:\n%s", c.bug, h1BugsEnv, f.norm, s.norm)
 					case f.norm != s.norm:
 						t.Errorf("responses differ\nfast:\n%s\nstd:\n%s\nfast raw: %q\nstd raw:  %q", f.norm, s.norm, shortRaw(f.raw), shortRaw(s.raw))
 					case f.raw != s.raw:
@@ -1362,10 +1343,6 @@ func TestH1FastShutdownTimeout(t *testing.T) {
 				t.Logf("Serve returned %v after cancel with a 300ms grace", time.Since(t0).Round(time.Millisecond))
 			case <-time.After(5 * time.Second):
 				unblock()
-				if m.name == "fast" && os.Getenv(h1BugsEnv) == "" {
-					t.Skipf("BUG: Serve still running 5s after cancel with a 300ms ShutdownTimeout: "+
-						"closeAll waits for the goroutine of every fast-loop connection, so for their handlers (set %s=1 to fail)", h1BugsEnv)
-				}
 				t.Fatal("Serve still running 5s after cancel with a 300ms ShutdownTimeout")
 			}
 			// The client's connection was closed.
