@@ -26,6 +26,8 @@ type h1fastConn struct {
 	ctx    context.Context // values every request's context carries
 	state  atomic.Int32    // connIdle, connActive, connClosed
 	cur    atomic.Pointer[reqCtx]
+	rdl    connDeadline     // every read deadline goes through setReadDeadline
+	wdl    connDeadline     // every write deadline through h1writer.SetWriteDeadline
 	buf    [pendingMax]byte // backs h1writer.pending
 }
 
@@ -110,12 +112,12 @@ func (c *h1fastConn) readHead(first bool) (int, error) {
 	o := &c.s.o
 	headerTimed := first
 	if first {
-		setDeadline(c.nc, o.ReadHeaderTimeout)
+		c.readWithin(o.ReadHeaderTimeout)
 	} else if c.br.Buffered() == 0 {
-		setDeadline(c.nc, o.IdleTimeout)
+		c.readWithin(o.IdleTimeout)
 	} else {
 		headerTimed = true
-		setDeadline(c.nc, o.ReadHeaderTimeout)
+		c.readWithin(o.ReadHeaderTimeout)
 	}
 	for scanned := 0; ; {
 		n := c.br.Buffered()
@@ -134,7 +136,7 @@ func (c *h1fastConn) readHead(first bool) (int, error) {
 			}
 			if !headerTimed {
 				headerTimed = true
-				setDeadline(c.nc, o.ReadHeaderTimeout)
+				c.readWithin(o.ReadHeaderTimeout)
 			}
 		}
 		if _, err := c.br.Peek(n + 1); err != nil {
@@ -143,13 +145,17 @@ func (c *h1fastConn) readHead(first bool) (int, error) {
 	}
 }
 
-func setDeadline(nc net.Conn, d time.Duration) {
-	if d > 0 {
-		nc.SetReadDeadline(time.Now().Add(d))
-	} else {
-		nc.SetReadDeadline(time.Time{})
+// readWithin gives the next read d from now (0: no limit), keeping a
+// deadline already within slack of that (h1deadline.go).
+func (c *h1fastConn) readWithin(d time.Duration) {
+	if d <= 0 {
+		c.setReadDeadline(time.Time{})
+		return
 	}
+	c.rdl.extend(c.nc.SetReadDeadline, time.Now().Add(d), time.Duration(slackFor(d)))
 }
+
+func (c *h1fastConn) setReadDeadline(t time.Time) { c.rdl.set(c.nc.SetReadDeadline, t) }
 
 // serveRequest runs the handler for h. keep says the connection may serve
 // another request; linger that it must half-close and wait before closing,
@@ -181,7 +187,7 @@ func (c *h1fastConn) serveRequest(h *head) (keep, linger bool) {
 		tmpl.Body = body
 		tmpl.ContentLength = h.contentLength
 		if !s.bodyDeadlines {
-			c.nc.SetReadDeadline(time.Time{}) // no header deadline on the body
+			c.setReadDeadline(time.Time{}) // no header deadline on the body
 		}
 	}
 	req := tmpl.WithContext(ctx)
@@ -202,13 +208,13 @@ func (c *h1fastConn) serveRequest(h *head) (keep, linger bool) {
 	if unread {
 		// A goroutine the handler left behind may still be reading the
 		// body: cut its read short before taking the body from it.
-		c.nc.SetReadDeadline(aLongTimeAgo)
+		c.setReadDeadline(aLongTimeAgo)
 		body.close()
-		c.nc.SetReadDeadline(time.Time{})
+		c.setReadDeadline(time.Time{})
 		if !panicked && !w.sent && body.remain.Load() <= maxDiscard {
-			c.nc.SetReadDeadline(time.Now().Add(discardTimeout))
+			c.setReadDeadline(time.Now().Add(discardTimeout))
 			unread = !body.discard()
-			c.nc.SetReadDeadline(time.Time{})
+			c.setReadDeadline(time.Time{})
 		}
 	}
 	if panicked {
@@ -322,7 +328,7 @@ func (cr *connReader) startBackground(x *reqCtx) {
 	}
 	cr.inRead = true
 	cr.done = make(chan struct{})
-	cr.c.nc.SetReadDeadline(time.Time{})
+	cr.c.setReadDeadline(time.Time{})
 	go cr.backgroundRead()
 }
 
@@ -349,11 +355,11 @@ func (cr *connReader) abort() {
 		return
 	}
 	cr.aborted = true
-	cr.c.nc.SetReadDeadline(aLongTimeAgo)
+	cr.c.setReadDeadline(aLongTimeAgo)
 	done := cr.done
 	cr.mu.Unlock()
 	<-done
-	cr.c.nc.SetReadDeadline(time.Time{})
+	cr.c.setReadDeadline(time.Time{})
 }
 
 func isTimeout(err error) bool {

@@ -31,7 +31,10 @@ type h1server struct {
 	handoff       *handoffListener
 	log           *slog.Logger
 	bodyDeadlines bool // the slow-client watch owns read deadlines during bodies
-	draining      atomic.Bool
+	// writeSlack is how far a write deadline may lag what the slow-client
+	// watch asks for (slackFor of WriteIdleTimeout; 0 without one).
+	writeSlack time.Duration
+	draining   atomic.Bool
 
 	mu    sync.Mutex
 	conns map[*h1fastConn]struct{}
@@ -46,6 +49,7 @@ func newH1Server(h http.Handler, o Options, std *http.Server, addr net.Addr) *h1
 		handoff:       newHandoffListener(addr),
 		log:           o.Logger,
 		bodyDeadlines: o.bodyReadTimeout() > 0,
+		writeSlack:    time.Duration(slackFor(o.writeIdleTimeout())),
 		conns:         make(map[*h1fastConn]struct{}),
 	}
 }
@@ -111,6 +115,9 @@ func (s *h1server) forget(c *h1fastConn) {
 func (s *h1server) handOff(c *h1fastConn) {
 	c.state.Store(connClosed)
 	c.cr.abort()
+	// net/http sets no write deadline without a WriteTimeout, and so would
+	// never lift one left by a response of ours.
+	c.wdl.set(c.nc.SetWriteDeadline, time.Time{})
 	if !s.handoff.give(&replayConn{Conn: c.nc, c: c}) {
 		c.nc.Close() // shutting down
 	}

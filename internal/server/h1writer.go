@@ -43,7 +43,6 @@ type h1writer struct {
 	trailers []string // declared in "Trailer"
 	werr     error    // first write error: the client is gone
 	done     bool     // finishing: the handler returned
-	deadline bool     // the handler moved the write deadline
 	// over is set when the handler returned: a goroutine it left behind
 	// must not write into the next response or move its deadlines.
 	over atomic.Bool
@@ -193,15 +192,20 @@ func (w *h1writer) SetReadDeadline(t time.Time) error {
 	if w.over.Load() {
 		return errHandlerReturned
 	}
-	return w.c.nc.SetReadDeadline(t)
+	return w.c.rdl.set(w.c.nc.SetReadDeadline, t)
 }
 
+// SetWriteDeadline keeps a future deadline that is within the write
+// limit's slack of t: the slow-client watch moves it before every write of
+// every response, and it stays in place between responses.
 func (w *h1writer) SetWriteDeadline(t time.Time) error {
 	if w.over.Load() {
 		return errHandlerReturned
 	}
-	w.deadline = true
-	return w.c.nc.SetWriteDeadline(t)
+	if t.IsZero() || w.c.s.writeSlack <= 0 {
+		return w.c.wdl.set(w.c.nc.SetWriteDeadline, t)
+	}
+	return w.c.wdl.extend(w.c.nc.SetWriteDeadline, t, w.c.s.writeSlack)
 }
 
 // finish completes the response after the handler returned: header (with a
@@ -223,11 +227,6 @@ func (w *h1writer) finish() bool {
 		bw.WriteString("\r\n")
 	}
 	w.noteErr(w.c.bw.Flush())
-	if w.deadline {
-		// Whatever the handler (the slow-client watch) set was for this
-		// response only.
-		w.c.nc.SetWriteDeadline(time.Time{})
-	}
 	switch {
 	case w.werr != nil, w.closeAfter:
 		return false
