@@ -1,0 +1,82 @@
+package server
+
+import (
+	"net"
+	"testing"
+	"time"
+)
+
+// tcpPair returns both ends of a loopback TCP connection.
+func tcpPair(t *testing.T) (server, client net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err = net.DialTimeout("tcp", ln.Addr().String(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err = ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { server.Close(); client.Close() })
+	return server, client
+}
+
+// A goroutine a handler left behind may ask for its request's Done late:
+// after the handler returned, or while the next request is served. Its
+// background read would take bytes of the next request from under the
+// connection's reader, so it must not start.
+func TestConnReaderRefusesLateBackgroundRead(t *testing.T) {
+	nc, client := tcpPair(t)
+	c := &h1fastConn{nc: nc}
+	c.cr.c = c
+	running := func() bool {
+		c.cr.mu.Lock()
+		defer c.cr.mu.Unlock()
+		return c.cr.inRead
+	}
+
+	first := &reqCtx{c: c}
+	c.cr.begin(first)
+	c.cr.end()
+	c.cr.startBackground(first)
+	if running() {
+		t.Fatal("a background read started for a request whose handler had returned")
+	}
+
+	next := &reqCtx{c: c}
+	c.cr.begin(next)
+	c.cr.startBackground(first)
+	if running() {
+		t.Fatal("the previous request's late Done started a background read during the next request")
+	}
+	c.cr.startBackground(next)
+	if !running() {
+		t.Fatal("the running request's own watch did not start")
+	}
+	c.cr.end() // aborts the read and waits for it
+	if running() {
+		t.Fatal("end left the background read running")
+	}
+
+	// The connection still reads what the client sends next, in order.
+	if _, err := client.Write([]byte("GET")); err != nil {
+		t.Fatal(err)
+	}
+	nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got := make([]byte, 3)
+	for n := 0; n < len(got); {
+		m, err := c.cr.Read(got[n:])
+		if err != nil {
+			t.Fatal(err)
+		}
+		n += m
+	}
+	if string(got) != "GET" {
+		t.Fatalf("read %q after the watches, want %q", got, "GET")
+	}
+}
