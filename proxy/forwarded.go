@@ -110,14 +110,14 @@ func setOrDelete(h http.Header, k, v string) {
 func rightmostUntrusted(h *Handler, chain []string, peer netip.Addr) netip.Addr {
 	for i := len(chain) - 1; i >= 0; i-- {
 		line := chain[i]
-		for line != "" {
-			var last string
-			if j := strings.LastIndexByte(line, ','); j >= 0 {
-				last, line = line[j+1:], line[:j]
-			} else {
-				last, line = line, ""
-			}
-			ip, err := netip.ParseAddr(strings.TrimSpace(last))
+		if line == "" {
+			continue // an empty field line says nothing
+		}
+		// Every element counts, an empty one too (",b" has two): an
+		// element that is not an address, empty included, is garbage.
+		for {
+			j := strings.LastIndexByte(line, ',')
+			ip, err := netip.ParseAddr(strings.TrimSpace(line[j+1:]))
 			if err != nil {
 				return peer // garbage in the chain: trust nothing left of it
 			}
@@ -126,6 +126,10 @@ func rightmostUntrusted(h *Handler, chain []string, peer netip.Addr) netip.Addr 
 				return ip
 			}
 			peer = ip
+			if j < 0 {
+				break
+			}
+			line = line[:j]
 		}
 	}
 	return peer
