@@ -11,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/sluiceproxy/sluice/internal/h1strict"
 )
 
 // h1fastConn is one client connection on the fast HTTP/1.1 loop. It reads
@@ -123,7 +125,7 @@ func (c *h1fastConn) readHead(first bool) (int, error) {
 		n := c.br.Buffered()
 		if n > 0 {
 			b, _ := c.br.Peek(n)
-			i := headEndFrom(b, max(0, scanned-3))
+			i := h1strict.HeadEndFrom(b, max(0, scanned-3))
 			scanned = n
 			switch {
 			case i > 0:
@@ -131,8 +133,8 @@ func (c *h1fastConn) readHead(first bool) (int, error) {
 			case i < 0:
 				return 0, nil // odd line ends: net/http's
 			}
-			if n == c.br.Size() || b[0] < 'A' || b[0] > 'Z' {
-				return 0, nil // too big, or not a request we know: net/http's
+			if n == c.br.Size() || !requestLineSoFar(b) {
+				return 0, nil // too big, or not a request we serve: net/http's
 			}
 			if !headerTimed {
 				headerTimed = true

@@ -3,11 +3,10 @@ package server
 import (
 	"bytes"
 	"net/http"
-	"net/textproto"
 	"net/url"
-	"strconv"
 	"strings"
 
+	"github.com/sluiceproxy/sluice/internal/h1strict"
 	"golang.org/x/net/http/httpguts"
 )
 
@@ -19,7 +18,8 @@ import (
 // connection, bytes unread, goes to net/http's server, which answers exactly
 // as it did before the fast loop existed. So the fast loop never has to be
 // right about an edge case: it only has to recognise the common request,
-// and say no to everything else.
+// and say no to everything else. The rules shared with the proxy's
+// response reading are in internal/h1strict.
 
 // fastMethods are the methods the fast loop serves, as constants so the
 // request's Method costs no allocation.
@@ -39,71 +39,21 @@ type head struct {
 	url                  *url.URL
 }
 
-// maxFastHeaders bounds the fields of a head the fast loop parses; more go
-// to net/http.
-const maxFastHeaders = 64
+// maxFastHeaders bounds the fields of a head the fast loop parses.
+const maxFastHeaders = h1strict.MaxFields
 
-// headEnd returns the length of the head at the start of b (through its
-// blank line), 0 when b holds no complete head yet, or -1 when b has a CR
-// or LF that is not part of a CRLF: net/http's to judge, and no reason to
-// wait for a blank line that may never come.
-func headEnd(b []byte) int { return headEndFrom(b, 0) }
-
-// headEndFrom is headEnd for a b whose bytes before from were scanned
-// already (and found no end): a head that arrives in pieces is not
-// rescanned from its start each time. from must leave the last three
-// scanned bytes to scan again.
-func headEndFrom(b []byte, from int) int {
-	for i := from; i < len(b); i++ {
-		switch b[i] {
-		case '\r':
-			if i+1 < len(b) && b[i+1] != '\n' {
-				return -1
-			}
-		case '\n':
-			if i == 0 || b[i-1] != '\r' {
-				return -1
-			}
-			if i >= 3 && b[i-2] == '\n' {
-				return i + 1
-			}
-		}
-	}
-	return 0
-}
+// headEnd: see h1strict.HeadEnd.
+func headEnd(b []byte) int { return h1strict.HeadEnd(b) }
 
 // parseHead parses raw, a complete head ending in CRLF CRLF. ok is false
 // when the request is not one for the fast loop (see above); nothing is
 // reported then, net/http will say what is wrong, if anything is.
 func parseHead(raw []byte) (h head, ok bool) {
-	// Count the fields first so the header map and its values are sized
-	// once; an odd byte anywhere is reason enough to hand over.
-	lines := bytes.Count(raw, []byte("\r\n")) - 2 // minus request line and blank line
-	if lines < 0 || lines > maxFastHeaders {
+	line, fields, n, ok := h1strict.Split(raw)
+	if !ok {
 		return h, false
 	}
-	s := string(raw) // the one allocation behind every string below
-
-	// Request line: METHOD SP origin-form SP HTTP/1.1 CRLF
-	eol := indexCRLF(s)
-	if eol < 0 {
-		return h, false
-	}
-	line := s[:eol]
-	sp := strings.IndexByte(line, ' ')
-	if sp <= 0 {
-		return h, false
-	}
-	if h.method = fastMethod(line[:sp]); h.method == "" {
-		return h, false
-	}
-	rest := line[sp+1:]
-	sp = strings.IndexByte(rest, ' ')
-	if sp <= 0 || rest[sp+1:] != "HTTP/1.1" {
-		return h, false
-	}
-	h.target = rest[:sp]
-	if h.target[0] != '/' || !visibleASCII(h.target) {
+	if h.method, h.target, ok = requestLine(line); !ok {
 		return h, false
 	}
 	u, err := url.ParseRequestURI(h.target)
@@ -112,70 +62,78 @@ func parseHead(raw []byte) (h head, ok bool) {
 	}
 	h.url = u
 
-	h.header = make(http.Header, lines)
-	vals := make([]string, lines)
 	haveHost, haveCL := false, false
-	s = s[eol+2:]
-	for i := 0; ; i++ {
-		eol = indexCRLF(s)
-		if eol < 0 {
-			return h, false
-		}
-		if eol == 0 {
-			break // the blank line
-		}
-		line = s[:eol]
-		s = s[eol+2:]
-		colon := strings.IndexByte(line, ':')
-		if colon <= 0 {
-			return h, false
-		}
-		name := line[:colon]
-		value, vok := fieldValue(line[colon+1:])
-		if !vok || !token(name) {
-			return h, false
-		}
-		key := textproto.CanonicalMIMEHeaderKey(name)
+	h.header, ok = h1strict.Fields(fields, n, func(key, value string) (keep, ok bool) {
 		switch key {
 		case "Host":
 			if haveHost || !httpguts.ValidHostHeader(value) {
-				return h, false
+				return false, false
 			}
 			haveHost, h.host = true, value
-			continue // net/http keeps Host out of the map too
+			return false, true // net/http keeps Host out of the map too
 		case "Content-Length":
 			if haveCL {
-				return h, false
+				return false, false
 			}
-			n, ok := contentLength(value)
-			if !ok {
-				return h, false
-			}
+			n, ok := h1strict.ContentLength(value)
 			haveCL, h.contentLength = true, n
+			return true, ok
 		case "Connection":
 			switch {
-			case asciiEqualFold(value, "close"):
+			case h1strict.EqualFold(value, "close"):
 				h.close = true
-			case asciiEqualFold(value, "keep-alive"):
+			case h1strict.EqualFold(value, "keep-alive"):
 			default:
-				return h, false // options name other fields: net/http's job
+				return false, false // options name other fields: net/http's job
 			}
 		case "Transfer-Encoding", "Expect", "Upgrade", "Trailer", "Te", "Pragma", "Http2-Settings":
 			// Framing, interim responses, protocol switches, and the
 			// Pragma rewrite net/http does: all net/http's.
-			return h, false
+			return false, false
 		}
-		if prior, ok := h.header[key]; ok {
-			h.header[key] = append(prior, value)
-			continue
-		}
-		vals[i] = value
-		h.header[key] = vals[i : i+1 : i+1]
-	}
-	if !haveHost {
+		return true, true
+	})
+	if !ok || !haveHost {
 		return h, false
 	}
 	return h, true
+}
+
+// requestLine splits "METHOD SP origin-form SP HTTP/1.1" (no CRLF); ok is
+// false for any other request line.
+func requestLine(line string) (method, target string, ok bool) {
+	sp := strings.IndexByte(line, ' ')
+	if sp <= 0 {
+		return "", "", false
+	}
+	if method = fastMethod(line[:sp]); method == "" {
+		return "", "", false
+	}
+	rest := line[sp+1:]
+	sp = strings.IndexByte(rest, ' ')
+	if sp <= 0 || rest[sp+1:] != "HTTP/1.1" {
+		return "", "", false
+	}
+	target = rest[:sp]
+	if target[0] != '/' || !h1strict.VisibleASCII(target) {
+		return "", "", false
+	}
+	return method, target, true
+}
+
+// requestLineSoFar reports whether b, the start of a head without its end
+// yet, can still be a request the fast loop serves: once its first line is
+// in, that line must be one (requestLine). Anything else goes to net/http
+// at once, which answers it instead of waiting for a blank line.
+func requestLineSoFar(b []byte) bool {
+	if b[0] < 'A' || b[0] > 'Z' {
+		return false
+	}
+	if i := bytes.IndexByte(b, '\n'); i > 0 {
+		_, _, ok := requestLine(string(b[:i-1]))
+		return ok
+	}
+	return true
 }
 
 func fastMethod(m string) string {
@@ -185,81 +143,4 @@ func fastMethod(m string) string {
 		}
 	}
 	return ""
-}
-
-// fieldValue trims optional whitespace around v and reports whether every
-// byte is allowed in a field value: visible ASCII, space, tab, obs-text.
-func fieldValue(v string) (string, bool) {
-	for i := 0; i < len(v); i++ {
-		if c := v[i]; c < ' ' && c != '\t' || c == 0x7f {
-			return "", false
-		}
-	}
-	return textproto.TrimString(v), true
-}
-
-func token(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if !httpguts.IsTokenRune(rune(s[i])) {
-			return false
-		}
-	}
-	return s != ""
-}
-
-func visibleASCII(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] <= ' ' || s[i] >= 0x7f {
-			return false
-		}
-	}
-	return true
-}
-
-// contentLength accepts only plain digits, as RFC 9110 writes it; a sign,
-// spaces inside, a list or a value past int63 go to net/http.
-func contentLength(v string) (int64, bool) {
-	if v == "" || len(v) > 18 {
-		return 0, false
-	}
-	for i := 0; i < len(v); i++ {
-		if v[i] < '0' || v[i] > '9' {
-			return 0, false
-		}
-	}
-	n, err := strconv.ParseInt(v, 10, 64)
-	return n, err == nil
-}
-
-func asciiEqualFold(s, lower string) bool {
-	if len(s) != len(lower) {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if 'A' <= c && c <= 'Z' {
-			c += 'a' - 'A'
-		}
-		if c != lower[i] {
-			return false
-		}
-	}
-	return true
-}
-
-// indexCRLF finds the next CRLF, or returns -1 when a lone CR or LF comes
-// first (or there is none).
-func indexCRLF(s string) int {
-	for i := 0; i < len(s); i++ {
-		switch s[i] {
-		case '\r':
-			if i+1 < len(s) && s[i+1] == '\n' {
-				return i
-			}
-			return -1
-		case '\n':
-			return -1
-		}
-	}
-	return -1
 }

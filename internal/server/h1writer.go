@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/net/http/httpguts"
+
+	"github.com/sluiceproxy/sluice/internal/h1strict"
 )
 
 // h1writer is the fast loop's http.ResponseWriter. It frames a response the
@@ -442,7 +444,7 @@ func forEachElement(v string, fn func(string)) {
 func hasToken(lines []string, token string) bool {
 	for _, line := range lines {
 		for f := range strings.SplitSeq(line, ",") {
-			if asciiEqualFold(textproto.TrimString(f), token) {
+			if h1strict.EqualFold(textproto.TrimString(f), token) {
 				return true
 			}
 		}
