@@ -104,7 +104,7 @@ func (t *Transport) exchange(ctx context.Context, c *h1conn, req *http.Request, 
 	var res *http.Response
 	for n := 0; ; n++ {
 		var err error
-		res, err = http.ReadResponse(c.br, req)
+		res, err = readResponse(c.br, req)
 		if err != nil {
 			if c.readErr != nil && c.readErr != io.EOF {
 				// A deadline or reset cut a line short; bufio handed the
