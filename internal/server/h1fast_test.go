@@ -1361,51 +1361,60 @@ func TestH1FastShutdownTimeout(t *testing.T) {
 // allocs/op are the server's (and the runtime's). std is net/http's HTTP/1
 // server for comparison.
 func BenchmarkFastLoopSmallGET(b *testing.B) {
-	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok")) })
 	for _, m := range h1Modes {
 		b.Run(m.name, func(b *testing.B) {
 			if m.name == "fast" && forceStdHTTP1 {
 				b.Skip("SLUICE_TEST_STDSERVER=1: the fast loop is off")
 			}
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				b.Fatal(err)
-			}
-			o := m.o
-			o.Logger = slog.New(slog.DiscardHandler)
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan error, 1)
-			go func() { done <- Serve(ctx, ln, h, o) }()
-			defer func() { cancel(); <-done }()
-			conn := dialH1(b, ln.Addr().String())
-			conn.SetDeadline(time.Now().Add(5 * time.Minute))
-			req := []byte("GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
-			// The response has the same length every time (Date's is
-			// fixed): learn it once.
-			conn.Write(req)
-			br := bufio.NewReader(conn)
-			res, body := readH1Response(b, br, "GET")
-			if res.StatusCode != 200 || body != "ok" {
-				b.Fatalf("%s %q", res.Status, body)
-			}
-			n := len("HTTP/1.1 200 OK\r\n\r\nok")
-			for k, v := range res.Header {
-				n += len(k) + 2 + len(v[0]) + 2
-			}
-			buf := make([]byte, n)
+			roundTrip := smallGETClient(b, m.o)
 			b.ReportAllocs()
 			b.ResetTimer()
 			for range b.N {
-				if _, err := conn.Write(req); err != nil {
-					b.Fatal(err)
-				}
-				if _, err := io.ReadFull(br, buf); err != nil {
-					b.Fatal(err)
-				}
-				if buf[n-2] != 'o' || buf[n-1] != 'k' {
-					b.Fatalf("response out of step: %q", buf)
-				}
+				roundTrip()
 			}
 		})
+	}
+}
+
+// smallGETClient serves a handler answering "ok" with o and returns a
+// function that sends one keep-alive GET over a raw connection and reads
+// its response, allocating nothing on the client's side.
+func smallGETClient(tb testing.TB, o Options) func() {
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok")) })
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	o.Logger = slog.New(slog.DiscardHandler)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Serve(ctx, ln, h, o) }()
+	tb.Cleanup(func() { cancel(); <-done })
+	conn := dialH1(tb, ln.Addr().String())
+	conn.SetDeadline(time.Now().Add(5 * time.Minute))
+	req := []byte("GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+	// The response has the same length every time (Date's is fixed):
+	// learn it once.
+	conn.Write(req)
+	br := bufio.NewReader(conn)
+	res, body := readH1Response(tb, br, "GET")
+	if res.StatusCode != 200 || body != "ok" {
+		tb.Fatalf("%s %q", res.Status, body)
+	}
+	n := len("HTTP/1.1 200 OK\r\n\r\nok")
+	for k, v := range res.Header {
+		n += len(k) + 2 + len(v[0]) + 2
+	}
+	buf := make([]byte, n)
+	return func() {
+		if _, err := conn.Write(req); err != nil {
+			tb.Fatal(err)
+		}
+		if _, err := io.ReadFull(br, buf); err != nil {
+			tb.Fatal(err)
+		}
+		if buf[n-2] != 'o' || buf[n-1] != 'k' {
+			tb.Fatalf("response out of step: %q", buf)
+		}
 	}
 }
