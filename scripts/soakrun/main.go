@@ -23,6 +23,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -33,6 +34,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sluiceproxy/sluice/internal/server"
 	"github.com/sluiceproxy/sluice/proxy"
 	"github.com/sluiceproxy/sluice/upstream"
 )
@@ -265,16 +267,20 @@ func run(cfg config, out io.Writer) (int, *report) {
 	if cfg.wrap != nil {
 		handler = cfg.wrap(h)
 	}
-	psrv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, ErrorLog: log.New(proxyErrs, "", 0)}
+	// The proxy is served as sluice serves it: internal/server, with its
+	// own HTTP/1.1 loop, request guard and slow-client limits. Its log
+	// (warnings and errors: panics, refused connections) is counted.
+	sctx, stopServing := context.WithCancel(context.Background())
 	served := make(chan struct{})
 	go func() {
 		defer close(served)
-		_ = psrv.Serve(pln)
+		_ = server.Serve(sctx, pln, handler, server.Options{
+			ShutdownTimeout: 5 * time.Second,
+			Logger:          slog.New(slog.NewTextHandler(proxyErrs, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		})
 	}()
 	defer func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = psrv.Shutdown(ctx)
+		stopServing()
 		<-served
 		h.Close()
 	}()

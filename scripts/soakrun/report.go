@@ -69,7 +69,7 @@ func (r *report) write(w io.Writer) int {
 	fmt.Fprintln(w, "proxy:")
 	r.plog.writeSummary(w)
 	pn, ppanics, pfirst := r.proxyErrs.snapshot()
-	fmt.Fprintf(w, "  proxy http.Server error log: %d lines, %d panics\n", pn, ppanics)
+	fmt.Fprintf(w, "  proxy server log (warnings and errors): %d lines, %d panics\n", pn, ppanics)
 	for _, l := range pfirst {
 		fmt.Fprintf(w, "    %s\n", l)
 	}
