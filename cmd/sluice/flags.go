@@ -383,23 +383,22 @@ var proxyFlags = []flagSpec{
 			return nil
 		}},
 	{"h2c", "", "off", "also serve HTTP/2 over plain TCP to clients with prior knowledge (never via Upgrade: h2c)",
-		func(o *proxyOptions, s string) error {
-			b, err := strconv.ParseBool(s)
-			if err != nil {
-				return errors.New("want true or false (or just --h2c)")
-			}
-			o.H2C = b
-			return nil
-		}},
+		switchFlag("h2c", func(o *proxyOptions, b bool) { o.H2C = b })},
 	{"std-http1", "", "off", "serve HTTP/1 with net/http's server only, without sluice's fast HTTP/1.1 loop",
-		func(o *proxyOptions, s string) error {
-			b, err := strconv.ParseBool(s)
-			if err != nil {
-				return errors.New("want true or false (or just --std-http1)")
-			}
-			o.StdHTTP1 = b
-			return nil
-		}},
+		switchFlag("std-http1", func(o *proxyOptions, b bool) { o.StdHTTP1 = b })},
+}
+
+// switchFlag parses the value of switch --name (true or false; a bare
+// --name means true) and sets it with set.
+func switchFlag(name string, set func(*proxyOptions, bool)) func(*proxyOptions, string) error {
+	return func(o *proxyOptions, s string) error {
+		b, err := strconv.ParseBool(s)
+		if err != nil {
+			return fmt.Errorf("want true or false (or just --%s)", name)
+		}
+		set(o, b)
+		return nil
+	}
 }
 
 var logLevels = map[string]slog.Level{
