@@ -9,6 +9,10 @@
 // When the handler is an io.Closer (proxy.Handler is), Close is called after
 // the server stopped, so upgraded connections (WebSockets), which net/http no
 // longer tracks, are closed too.
+//
+// On plain-TCP listeners, common HTTP/1.1 requests are served by a loop of
+// this package's own (h1serve.go), which hands every other connection to
+// net/http's server; Options.StdHTTP1 turns it off.
 package server
 
 import (
