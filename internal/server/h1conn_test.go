@@ -1,7 +1,9 @@
 package server
 
 import (
+	"context"
 	"net"
+	"sync"
 	"testing"
 	"time"
 )
@@ -78,5 +80,49 @@ func TestConnReaderRefusesLateBackgroundRead(t *testing.T) {
 	}
 	if string(got) != "GET" {
 		t.Fatalf("read %q after the watches, want %q", got, "GET")
+	}
+}
+
+// context.WithCancel on a request context calls its AfterFunc holding the
+// new child's lock, with the child's cancel as the function: when the
+// request ended just before, running it on the caller's goroutine would
+// deadlock.
+func TestReqCtxAfterFuncWhenCancelledDoesNotRunOnCaller(t *testing.T) {
+	x := &reqCtx{}
+	x.cancel(context.Canceled)
+	var mu sync.Mutex
+	ran := make(chan struct{})
+	mu.Lock()
+	stop := x.AfterFunc(func() {
+		mu.Lock() // the caller's lock, as propagateCancel holds it
+		mu.Unlock()
+		close(ran)
+	})
+	mu.Unlock()
+	select {
+	case <-ran:
+	case <-time.After(5 * time.Second):
+		t.Fatal("AfterFunc on a cancelled context never ran its function")
+	}
+	if stop() {
+		t.Error("stop reported it kept a function from running that ran")
+	}
+	// And through the context package, many times, against the end of the
+	// request racing the child's set-up.
+	nc, _ := tcpPair(t)
+	c := &h1fastConn{nc: nc}
+	c.cr.c = c
+	for range 200 {
+		y := &reqCtx{Context: context.Background(), c: c}
+		done := make(chan struct{})
+		go func() { y.cancel(context.Canceled); close(done) }()
+		child, cancel := context.WithCancel(y)
+		select {
+		case <-child.Done():
+		case <-time.After(5 * time.Second):
+			t.Fatal("a child of a cancelled request context was not cancelled")
+		}
+		cancel()
+		<-done
 	}
 }

@@ -60,14 +60,17 @@ func (x *reqCtx) Err() error {
 	return err
 }
 
-// AfterFunc runs f (on the cancelling goroutine: context.AfterFunc passes a
-// function that starts its own) once x is cancelled. stop reports whether it
-// kept f from running.
+// AfterFunc runs f once x is cancelled: on the cancelling goroutine, as a
+// cancelCtx cancels its children (context.AfterFunc passes a function that
+// starts its own), or on a new goroutine when x is cancelled already. Not
+// on the caller's: context's propagateCancel calls this holding the child's
+// lock, which f (the child's cancel) takes. stop reports whether it kept f
+// from running.
 func (x *reqCtx) AfterFunc(f func()) (stop func() bool) {
 	x.mu.Lock()
 	if x.err != nil {
 		x.mu.Unlock()
-		f()
+		go f()
 		return func() bool { return false }
 	}
 	a := &afterFunc{f: f}
