@@ -90,11 +90,13 @@ func TestConnReaderRefusesLateBackgroundRead(t *testing.T) {
 func TestReqCtxAfterFuncWhenCancelledDoesNotRunOnCaller(t *testing.T) {
 	x := &reqCtx{}
 	x.cancel(context.Canceled)
-	var mu sync.Mutex
+	var mu sync.Mutex // the caller's lock, as propagateCancel holds it
 	ran := make(chan struct{})
+	calls := 0
 	mu.Lock()
 	stop := x.AfterFunc(func() {
-		mu.Lock() // the caller's lock, as propagateCancel holds it
+		mu.Lock()
+		calls++
 		mu.Unlock()
 		close(ran)
 	})
@@ -107,6 +109,11 @@ func TestReqCtxAfterFuncWhenCancelledDoesNotRunOnCaller(t *testing.T) {
 	if stop() {
 		t.Error("stop reported it kept a function from running that ran")
 	}
+	mu.Lock()
+	if calls != 1 {
+		t.Errorf("the function ran %d times, want once", calls)
+	}
+	mu.Unlock()
 	// And through the context package, many times, against the end of the
 	// request racing the child's set-up.
 	nc, _ := tcpPair(t)
