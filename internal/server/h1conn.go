@@ -25,9 +25,8 @@ type h1fastConn struct {
 	br     *bufio.Reader
 	bw     *bufio.Writer
 	remote string
-	ctx    context.Context // values every request's context carries
-	state  atomic.Int32    // connIdle, connActive, connClosed
-	cur    atomic.Pointer[reqCtx]
+	ctx    context.Context  // values every request's context carries
+	state  atomic.Int32     // connIdle, connActive, connClosed
 	rdl    connDeadline     // every read deadline goes through setReadDeadline
 	wdl    connDeadline     // every write deadline through h1writer.SetWriteDeadline
 	buf    [pendingMax]byte // backs h1writer.pending
@@ -195,7 +194,6 @@ func (c *h1fastConn) serveRequest(h *head) (keep, linger bool) {
 	req := tmpl.WithContext(ctx)
 	w := &ex.w
 	w.c, w.req, w.body, w.header, w.cl, w.pending = c, req, body, make(http.Header), -1, c.buf[:0]
-	c.cur.Store(ctx)
 	c.cr.begin(ctx)
 
 	panicked := s.runHandler(w, req)
@@ -204,7 +202,6 @@ func (c *h1fastConn) serveRequest(h *head) (keep, linger bool) {
 	// As net/http: the request's context ends with the handler, and
 	// nothing started for it reads the connection after that.
 	c.cr.end()
-	c.cur.Store(nil)
 	ctx.cancel(context.Canceled)
 	unread := !body.eof()
 	if unread {
@@ -261,7 +258,7 @@ func (c *h1fastConn) watchClient(x *reqCtx) {
 // clientFailed is called on a failed read of the connection: the request
 // in flight, if any, is cancelled, as net/http does.
 func (c *h1fastConn) clientFailed() {
-	if x := c.cur.Load(); x != nil {
+	if x := c.cr.current(); x != nil {
 		x.cancel(context.Canceled)
 	}
 }
@@ -280,7 +277,7 @@ func (c *h1fastConn) closeWriteAndWait() {
 type connReader struct {
 	c       *h1fastConn
 	mu      sync.Mutex
-	live    *reqCtx // the request whose handler runs; nil between requests
+	live    *reqCtx // the request whose handler runs; nil between requests (current)
 	inRead  bool    // a background read is running
 	aborted bool
 	hasByte bool
@@ -315,8 +312,14 @@ func (cr *connReader) begin(x *reqCtx) {
 func (cr *connReader) end() {
 	cr.mu.Lock()
 	cr.live = nil
-	cr.mu.Unlock()
-	cr.abort()
+	cr.abortLocked()
+}
+
+// current is the request whose handler runs, nil between requests.
+func (cr *connReader) current() *reqCtx {
+	cr.mu.Lock()
+	defer cr.mu.Unlock()
+	return cr.live
 }
 
 // startBackground starts the background read for x, unless x's handler has
@@ -352,6 +355,11 @@ func (cr *connReader) backgroundRead() {
 // abort stops a running background read and waits for it.
 func (cr *connReader) abort() {
 	cr.mu.Lock()
+	cr.abortLocked()
+}
+
+// abortLocked is abort with cr.mu held; it releases it.
+func (cr *connReader) abortLocked() {
 	if !cr.inRead {
 		cr.mu.Unlock()
 		return

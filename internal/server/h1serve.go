@@ -169,7 +169,7 @@ func (s *h1server) closeAll() {
 	defer s.mu.Unlock()
 	for c := range s.conns {
 		c.nc.Close()
-		if x := c.cur.Load(); x != nil {
+		if x := c.cr.current(); x != nil {
 			x.cancel(context.Canceled)
 		}
 	}

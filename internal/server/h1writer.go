@@ -44,9 +44,9 @@ type h1writer struct {
 	pending  []byte
 	trailers []string // declared in "Trailer"
 	werr     error    // first write error: the client is gone
-	done     bool     // finishing: the handler returned
 	// over is set when the handler returned: a goroutine it left behind
-	// must not write into the next response or move its deadlines.
+	// must not write into the next response or move its deadlines, and a
+	// header sent now is final (a Content-Length can be computed).
 	over atomic.Bool
 }
 
@@ -105,45 +105,60 @@ func (w *h1writer) writeInterim(code int) {
 }
 
 func (w *h1writer) Write(p []byte) (int, error) {
+	if err := w.admit(len(p)); err != nil {
+		return 0, err
+	}
+	if w.holds(len(p)) {
+		w.pending = append(w.pending, p...)
+		return len(p), nil
+	}
+	return w.send(p)
+}
+
+// WriteString holds a short string (an error page) without converting it
+// to a slice of its own.
+func (w *h1writer) WriteString(s string) (int, error) {
+	if err := w.admit(len(s)); err != nil {
+		return 0, err
+	}
+	if w.holds(len(s)) {
+		w.pending = append(w.pending, s...)
+		return len(s), nil
+	}
+	return w.send([]byte(s))
+}
+
+// admit checks and counts n body bytes about to be written, writing the
+// implicit 200 header first.
+func (w *h1writer) admit(n int) error {
 	if w.over.Load() {
-		return 0, errHandlerReturned
+		return errHandlerReturned
 	}
 	if w.status == 0 {
 		w.writeHeader(http.StatusOK)
 	}
 	if !bodyAllowedForStatus(w.status) {
-		return 0, http.ErrBodyNotAllowed
+		return http.ErrBodyNotAllowed
 	}
-	w.written += int64(len(p))
+	w.written += int64(n)
 	if w.cl >= 0 && w.written > w.cl {
-		return 0, http.ErrContentLength
+		return http.ErrContentLength
 	}
-	if w.werr != nil {
-		return 0, w.werr
-	}
+	return w.werr
+}
+
+// holds reports whether n more bytes still go to pending, before the header.
+func (w *h1writer) holds(n int) bool { return !w.sent && len(w.pending)+n <= pendingMax }
+
+// send writes admitted bytes that pending cannot hold, the header first.
+func (w *h1writer) send(p []byte) (int, error) {
 	if !w.sent {
-		if len(w.pending)+len(p) <= pendingMax {
-			w.pending = append(w.pending, p...)
-			return len(p), nil
-		}
 		w.sendHeader(p)
 	}
 	if w.req.Method == http.MethodHead {
 		return len(p), nil // counted, sniffed, never sent
 	}
 	return w.writeBody(p)
-}
-
-func (w *h1writer) WriteString(s string) (int, error) {
-	// Small strings (error pages) go through pending without a copy of
-	// their own.
-	if w.status != 0 && !w.sent && len(w.pending)+len(s) <= pendingMax && bodyAllowedForStatus(w.status) &&
-		(w.cl < 0 || w.written+int64(len(s)) <= w.cl) && w.werr == nil && !w.over.Load() {
-		w.written += int64(len(s))
-		w.pending = append(w.pending, s...)
-		return len(s), nil
-	}
-	return w.Write([]byte(s))
 }
 
 func (w *h1writer) writeBody(p []byte) (int, error) {
@@ -215,7 +230,6 @@ func (w *h1writer) SetWriteDeadline(t time.Time) error {
 // last chunk and trailers. It reports whether the connection may serve
 // another request.
 func (w *h1writer) finish() bool {
-	w.done = true
 	if w.status == 0 {
 		w.writeHeader(http.StatusOK)
 	}
@@ -263,7 +277,7 @@ func (w *h1writer) sendHeader(next []byte) {
 			})
 		}
 	}
-	if w.done && !trailers && te == "" && bodyAllowedForStatus(code) && w.cl < 0 && (!head || w.written > 0) {
+	if w.over.Load() && !trailers && te == "" && bodyAllowedForStatus(code) && w.cl < 0 && (!head || w.written > 0) {
 		if head {
 			w.cl = w.written
 		} else {
