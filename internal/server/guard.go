@@ -47,9 +47,6 @@ func newSmugglingGuard(next http.Handler, log *slog.Logger) http.Handler {
 }
 
 func (g *smugglingGuard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.ProtoMajor == 2 {
-		growStack() // a new goroutine per stream: see stack.go
-	}
 	if r.ProtoMajor == 1 && ambiguousFraming(r) {
 		h := w.Header()
 		h.Set("Connection", "close")

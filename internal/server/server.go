@@ -187,8 +187,9 @@ func serve(ctx context.Context, ln net.Listener, h http.Handler, o Options, tlsC
 		// and the proxy never forwards that token.
 		protos.SetUnencryptedHTTP2(true)
 	}
+	guarded := newSmugglingGuard(clientTimeouts(h, o), log)
 	srv := &http.Server{
-		Handler:           newSmugglingGuard(clientTimeouts(h, o), log),
+		Handler:           h2Stack{guarded},
 		HTTP2:             http2Config(o),
 		TLSConfig:         tlsConf,
 		Protocols:         &protos,
@@ -211,7 +212,7 @@ func serve(ctx context.Context, ln net.Listener, h http.Handler, o Options, tlsC
 
 	var fast *h1server
 	if useFastLoop(o, tlsConf != nil) {
-		fast = newH1Server(srv.Handler, o, srv, ln.Addr())
+		fast = newH1Server(guarded, o, srv, ln.Addr())
 	}
 	errc := make(chan error, 1)
 	go func() {

@@ -1,5 +1,7 @@
 package server
 
+import "net/http"
+
 // net/http's HTTP/2 server runs every stream's handler on a new goroutine,
 // whose stack starts small. The proxy's path to the upstream socket is
 // deep enough to outgrow it, and the runtime then copies the stack, up to
@@ -10,6 +12,18 @@ package server
 // stackReserve is about what the proxy's deepest common path (writing a
 // request to an upstream connection) uses below the handler.
 const stackReserve = 6 << 10
+
+// h2Stack grows the stack of HTTP/2 requests before next runs. It wraps
+// what net/http's server serves; the fast HTTP/1.1 loop runs its requests
+// on the connection's goroutine, whose stack has grown already.
+type h2Stack struct{ next http.Handler }
+
+func (h h2Stack) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.ProtoMajor == 2 {
+		growStack()
+	}
+	h.next.ServeHTTP(w, r)
+}
 
 // growStack makes the goroutine's stack big enough for stackReserve more
 // bytes before the handler runs.
