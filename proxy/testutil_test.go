@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluiceproxy/sluice/internal/testkit"
 	"github.com/sluiceproxy/sluice/proxy"
 	"github.com/sluiceproxy/sluice/upstream"
 )
@@ -343,22 +344,7 @@ func (rr *hashingRandomReader) Read(p []byte) (int, error) {
 func (rr *hashingRandomReader) sum() string { return hex.EncodeToString(rr.h.Sum(nil)) }
 
 // lockedBuffer is a bytes.Buffer safe for the proxy's goroutines and the test.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *lockedBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *lockedBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type lockedBuffer = testkit.LockedBuffer
 
 // accessLog returns a JSON access logger and a function that waits (bounded)
 // until at least n lines were written and returns them decoded.

@@ -12,11 +12,11 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/sluiceproxy/sluice/internal/accesslog"
+	"github.com/sluiceproxy/sluice/internal/testkit"
 	"github.com/sluiceproxy/sluice/proxy"
 	"github.com/sluiceproxy/sluice/upstream"
 	"go.uber.org/goleak"
@@ -24,23 +24,11 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) lines(t *testing.T) []map[string]any {
+// jsonLines parses what buf holds, one JSON object a line.
+func jsonLines(t *testing.T, buf *testkit.LockedBuffer) []map[string]any {
 	t.Helper()
-	l.mu.Lock()
-	defer l.mu.Unlock()
 	var out []map[string]any
-	sc := bufio.NewScanner(bytes.NewReader(l.b.Bytes()))
+	sc := bufio.NewScanner(strings.NewReader(buf.String()))
 	for sc.Scan() {
 		var m map[string]any
 		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
@@ -63,7 +51,7 @@ func TestSameLineAsSlog(t *testing.T) {
 	deadAddr := dead.Addr().String()
 	dead.Close()
 
-	var viaSlog, viaUs lockedBuffer
+	var viaSlog, viaUs testkit.LockedBuffer
 	lg := accesslog.New(&viaUs)
 	pool := upstream.NewPool(nil, upstream.New(strings.TrimPrefix(be.URL, "http://")))
 	h, err := proxy.New(proxy.Config{
@@ -107,7 +95,7 @@ func TestSameLineAsSlog(t *testing.T) {
 	deadline := time.Now().Add(5 * time.Second)
 	var a, b []map[string]any
 	for time.Now().Before(deadline) {
-		a, b = viaSlog.lines(t), viaUs.lines(t)
+		a, b = jsonLines(t, &viaSlog), jsonLines(t, &viaUs)
 		if len(a) == 3 && len(b) == 3 {
 			break
 		}
