@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"log/slog"
@@ -214,11 +215,16 @@ func (l *handoffListener) Close() error {
 func (l *handoffListener) Addr() net.Addr { return l.addr }
 
 // replayConn is a handed-off connection: reads drain what the fast loop
-// buffered (the head it declined, pipelined requests, the background
-// read's byte) before reading the socket again.
+// read ahead (the head it declined, pipelined requests, the background
+// read's byte), then go on through its read buffer. net/http's HTTP/2 server
+// reads frames straight from the connection it is given, a 9-byte header
+// and then the payload, so without a buffer under it every frame costs two
+// read syscalls; with one, a burst of frames costs one. net/http's
+// HTTP/1.1 reads are as large as the buffer and go past it.
 type replayConn struct {
 	net.Conn
-	c *h1fastConn
+	c  *h1fastConn
+	br *bufio.Reader // c.br once drained, reading from Conn
 }
 
 func (r *replayConn) Read(p []byte) (int, error) {
@@ -232,9 +238,12 @@ func (r *replayConn) Read(p []byte) (int, error) {
 		if has {
 			return r.c.cr.Read(p)
 		}
-		r.c = nil // drained: the socket from now on
+		// Drained: the fast loop's buffer, now empty, reads the socket.
+		r.br = r.c.br
+		r.br.Reset(r.Conn)
+		r.c = nil
 	}
-	return r.Conn.Read(p)
+	return r.br.Read(p)
 }
 
 // CloseWrite keeps net/http's lingering close (half-close, then wait)
