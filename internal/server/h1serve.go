@@ -2,6 +2,7 @@ package server
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -119,7 +120,11 @@ func (s *h1server) handOff(c *h1fastConn) {
 	// net/http sets no write deadline without a WriteTimeout, and so would
 	// never lift one left by a response of ours.
 	c.wdl.set(c.nc.SetWriteDeadline, time.Time{})
-	if !s.handoff.give(&replayConn{Conn: c.nc, c: c}) {
+	var nc net.Conn = c.nc
+	if b, _ := c.br.Peek(c.br.Buffered()); bytes.HasPrefix(b, h2Preface) {
+		nc = newCoalescingConn(nc, s.o.writeIdleTimeout(), true)
+	}
+	if !s.handoff.give(&replayConn{Conn: nc, c: c}) {
 		c.nc.Close() // shutting down
 	}
 }
@@ -213,6 +218,11 @@ func (l *handoffListener) Close() error {
 }
 
 func (l *handoffListener) Addr() net.Addr { return l.addr }
+
+// h2Preface opens every HTTP/2 connection; on a handed-off connection it
+// means net/http's HTTP/2 server takes it (h2c with prior knowledge), and
+// its writes go through a coalescingConn.
+var h2Preface = []byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
 
 // replayConn is a handed-off connection: reads drain what the fast loop
 // read ahead (the head it declined, pipelined requests, the background

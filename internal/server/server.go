@@ -200,6 +200,9 @@ func serve(ctx context.Context, ln net.Listener, h http.Handler, o Options, tlsC
 		MaxHeaderBytes:    o.MaxHeaderBytes,
 		ErrorLog:          newErrorLog(log),
 	}
+	if tlsConf != nil {
+		srv.ConnState = switchOnForH2
+	}
 
 	scheme, alpn := "http", "http/1.1"
 	switch {
@@ -225,7 +228,7 @@ func serve(ctx context.Context, ln net.Listener, h http.Handler, o Options, tlsC
 				err = http.ErrServerClosed
 			}
 		case tlsConf != nil:
-			err = srv.ServeTLS(ln, "", "")
+			err = srv.ServeTLS(coalescingListener{ln, o.writeIdleTimeout()}, "", "")
 		default:
 			err = srv.Serve(ln)
 		}
