@@ -311,6 +311,25 @@ func (w *ccStreamWriter) waitBlocked(d time.Duration) bool {
 	return false
 }
 
+// ccPeerGetsPrefix reads what the kernel holds for peer until the server's
+// close, and checks that it is a prefix of the ccPattern stream.
+func ccPeerGetsPrefix(t *testing.T, peer *net.TCPConn) []byte {
+	t.Helper()
+	peer.SetReadBuffer(1 << 20)
+	r := ccStartReader(peer, 20*time.Second)
+	if !r.wait(25 * time.Second) {
+		t.Fatal("peer did not see the close within 25s")
+	}
+	if !ccClosedByServer(r.err) {
+		t.Errorf("peer's read ended with %v", r.err)
+	}
+	got := r.bytes()
+	if want := ccPattern(0, len(got)); !bytes.Equal(got, want) {
+		t.Fatalf("peer got %d bytes that differ from the stream at byte %d", len(got), ccFirstDiff(got, want))
+	}
+	return got
+}
+
 // TestCoalescingConnKeepsOrder: many Writes of varied sizes, small ones
 // gathered and ones larger than coalesceLimit, reach the peer exactly as
 // written, from one writer (as net/http's HTTP/2 server writes) and from
@@ -601,18 +620,7 @@ func TestCoalescingConnBoundsPending(t *testing.T) {
 	}
 	// Everything the kernel holds arrives, in order; what was accepted
 	// and never given to it is at most pending plus one batch.
-	peer.SetReadBuffer(1 << 20)
-	r := ccStartReader(peer, 20*time.Second)
-	if !r.wait(25 * time.Second) {
-		t.Fatal("peer did not see the close within 25s")
-	}
-	if !ccClosedByServer(r.err) {
-		t.Errorf("peer's read ended with %v", r.err)
-	}
-	got := r.bytes()
-	if want := ccPattern(0, len(got)); !bytes.Equal(got, want) {
-		t.Fatalf("peer got %d bytes that differ from the stream at byte %d", len(got), ccFirstDiff(got, want))
-	}
+	got := ccPeerGetsPrefix(t, peer)
 	lost := w.accepted.Load() - int64(len(got))
 	t.Logf("peer got %d bytes; %d accepted and never written", len(got), lost)
 	if lost < 0 {
@@ -705,18 +713,7 @@ func ccWriteIdleStalled(t *testing.T, writeIdle time.Duration, chunk int) {
 		t.Error("drain goroutine still running 5s after the write failure")
 	}
 	// The peer reads what the kernel held, then the close.
-	peer.SetReadBuffer(1 << 20)
-	r := ccStartReader(peer, 20*time.Second)
-	if !r.wait(25 * time.Second) {
-		t.Fatal("peer did not see the close within 25s")
-	}
-	if !ccClosedByServer(r.err) {
-		t.Errorf("peer's read ended with %v", r.err)
-	}
-	got := r.bytes()
-	if want := ccPattern(0, len(got)); !bytes.Equal(got, want) {
-		t.Fatalf("peer got %d bytes that differ from the stream at byte %d", len(got), ccFirstDiff(got, want))
-	}
+	got := ccPeerGetsPrefix(t, peer)
 	if lost := w.accepted.Load() - int64(len(got)); lost < 0 || lost > 2*coalesceLimit {
 		t.Errorf("%d bytes accepted, %d delivered", w.accepted.Load(), len(got))
 	}
@@ -899,18 +896,7 @@ func TestCoalescingConnCloseBoundedWhenPeerStalls(t *testing.T) {
 		if !waitFor(5*time.Second, func() bool { return !ccDraining(c) }) {
 			t.Error("writes still under way after the socket closed")
 		}
-		peer.SetReadBuffer(1 << 20)
-		r := ccStartReader(peer, 20*time.Second)
-		if !r.wait(25 * time.Second) {
-			t.Fatal("peer did not see the close within 25s")
-		}
-		if !ccClosedByServer(r.err) {
-			t.Errorf("peer's read ended with %v", r.err)
-		}
-		got := r.bytes()
-		if want := ccPattern(0, len(got)); !bytes.Equal(got, want) {
-			t.Fatalf("peer got %d bytes that differ from the stream at byte %d", len(got), ccFirstDiff(got, want))
-		}
+		ccPeerGetsPrefix(t, peer)
 	}
 
 	t.Run("gathered Writes pending", func(t *testing.T) {
