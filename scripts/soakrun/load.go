@@ -25,6 +25,7 @@ type loader struct {
 	base       string // http://proxy
 	addr       string // proxy host:port, for WebSockets
 	client     *http.Client
+	h2client   *http.Client // h2c prior knowledge; half of the GETs when set
 	reg        *registry
 	st         *stats
 	mix        mix
@@ -140,15 +141,25 @@ func (l *loader) doGet(rng *rand.Rand) {
 	if rng.IntN(4) == 0 {
 		chunked = 1
 	}
+	// Half the GETs go over h2c: sluice's HTTP/2 server, its coalescing
+	// writer and stream resets, under the same chaos.
+	client, proto := l.client, "HTTP/1.1"
+	if l.h2client != nil && rng.IntN(2) == 0 {
+		client, proto = l.h2client, "h2c"
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), l.reqTimeout)
 	defer cancel()
 	req := l.newRequest(ctx, http.MethodGet, fmt.Sprintf("/blob?id=%d&size=%d&chunked=%d", id, size, chunked), id, nil)
-	res, err := l.client.Do(req)
+	res, err := client.Do(req)
 	if err != nil {
-		l.clientError(kGet, id, "no response: "+err.Error())
+		l.clientError(kGet, id, proto+": no response: "+err.Error())
 		return
 	}
 	defer res.Body.Close()
+	if proto == "h2c" && res.ProtoMajor != 2 {
+		l.st.record(kGet, oUnexplained, id, "asked over h2c, answered over "+res.Proto)
+		return
+	}
 	if res.StatusCode != http.StatusOK {
 		l.errorStatus(kGet, id, res)
 		return
@@ -156,12 +167,12 @@ func (l *loader) doGet(rng *rand.Rand) {
 	h := sha256.New()
 	n, err := io.Copy(h, io.LimitReader(res.Body, int64(size)+1))
 	if err != nil {
-		l.clientError(kGet, id, fmt.Sprintf("body broke after %d of %d bytes (chunked=%d): %v", n, size, chunked, err))
+		l.clientError(kGet, id, fmt.Sprintf("%s: body broke after %d of %d bytes (chunked=%d): %v", proto, n, size, chunked, err))
 		return
 	}
 	if sum := hex.EncodeToString(h.Sum(nil)); n != int64(size) || sum != res.Header.Get("X-Body-Sha256") {
-		l.st.record(kGet, oSilent, id, fmt.Sprintf("clean end after %d of %d bytes (chunked=%d, Content-Length %d, hash ok %v, upstream %s)",
-			n, size, chunked, res.ContentLength, sum == res.Header.Get("X-Body-Sha256"), res.Header.Get("X-Upstream")))
+		l.st.record(kGet, oSilent, id, fmt.Sprintf("%s: clean end after %d of %d bytes (chunked=%d, Content-Length %d, hash ok %v, upstream %s)",
+			proto, n, size, chunked, res.ContentLength, sum == res.Header.Get("X-Body-Sha256"), res.Header.Get("X-Upstream")))
 		return
 	}
 	l.st.record(kGet, oOK, id, "")

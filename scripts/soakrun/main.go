@@ -275,6 +275,7 @@ func run(cfg config, out io.Writer) (int, *report) {
 	go func() {
 		defer close(served)
 		_ = server.Serve(sctx, pln, handler, server.Options{
+			H2C:             true,
 			ShutdownTimeout: 5 * time.Second,
 			Logger:          slog.New(slog.NewTextHandler(proxyErrs, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		})
@@ -295,11 +296,15 @@ func run(cfg config, out io.Writer) (int, *report) {
 		DisableCompression:    true,
 		ResponseHeaderTimeout: cfg.reqTimeout,
 	}
+	h2tr := tr.Clone()
+	h2tr.Protocols = new(http.Protocols)
+	h2tr.Protocols.SetUnencryptedHTTP2(true)
 	st := newStats()
 	st.logf = vlogf
 	ld := &loader{
 		base: "http://" + pln.Addr().String(), addr: pln.Addr().String(),
-		client: &http.Client{Transport: tr}, reg: reg, st: st, mix: cfg.mix,
+		client: &http.Client{Transport: tr}, h2client: &http.Client{Transport: h2tr},
+		reg: reg, st: st, mix: cfg.mix,
 		uploadSize: cfg.uploadSize, reqTimeout: cfg.reqTimeout, seed: cfg.seed,
 	}
 	ch := &chaos{
@@ -372,6 +377,7 @@ func run(cfg config, out io.Writer) (int, *report) {
 
 	// Back to baseline?
 	tr.CloseIdleConnections()
+	h2tr.CloseIdleConnections()
 	h.Close() // idle upstream connections (and tunnels, none left)
 	gor, took := settleGoroutines(base.goroutines+cfg.goroutineMargin, cfg.settle)
 	after := measure()
