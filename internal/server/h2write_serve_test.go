@@ -2,11 +2,9 @@ package server
 
 import (
 	"bytes"
-	"context"
 	"crypto/tls"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strconv"
 	"sync"
@@ -16,11 +14,10 @@ import (
 	"golang.org/x/net/http2"
 )
 
-// The coalescing writer as the server uses it: which connections get it
-// (h2 over TLS and h2c, never HTTP/1.1), that many concurrent streams of
-// every size arrive whole, and that a graceful shutdown still delivers
-// the in-flight response and the GOAWAY that a Close right after it would
-// otherwise lose.
+// The coalescing writer as the server uses it: many concurrent streams of
+// every size arrive whole, and a graceful shutdown or a protocol error
+// still delivers the in-flight response and the GOAWAY. Which connections
+// coalesce is TestCoalescingConnEndToEnd's (h2write_test.go).
 
 // patternHandler answers /n/SIZE with SIZE bytes of a pattern that differs
 // per request (the query's "id"), so a byte from another stream's response
@@ -98,77 +95,6 @@ func TestH2ManyStreamsArriveWhole(t *testing.T) {
 			return &http.Client{Transport: tr, Timeout: 10 * time.Second}, tr.CloseIdleConnections
 		}, "https://"+srv.addr, 4, 40)
 	})
-}
-
-// TestH2WritesCoalesceOnlyForH2 serves TLS the way serve does (a
-// coalescingListener and the switchOnForH2 hook) and looks at the wrapper
-// under each connection once it served a request.
-func TestH2WritesCoalesceOnlyForH2(t *testing.T) {
-	cert, key, roots := selfSigned(t)
-	conf, err := Options{TLSCert: cert, TLSKey: key}.tlsConfig()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	on := map[string]bool{} // by the client's address
-	var protos http.Protocols
-	protos.SetHTTP1(true)
-	protos.SetHTTP2(true)
-	srv := &http.Server{
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			io.WriteString(w, r.Proto)
-		}),
-		TLSConfig: conf,
-		Protocols: &protos,
-		ConnState: func(nc net.Conn, st http.ConnState) {
-			switchOnForH2(nc, st)
-			if tc, ok := nc.(*tls.Conn); ok && st == http.StateActive {
-				c := tc.NetConn().(*coalescingConn)
-				mu.Lock()
-				on[nc.RemoteAddr().String()] = c.on.Load()
-				mu.Unlock()
-			}
-		},
-	}
-	served := make(chan error, 1)
-	go func() { served <- srv.ServeTLS(coalescingListener{ln, time.Second}, "", "") }()
-	defer func() {
-		srv.Shutdown(context.Background())
-		<-served
-	}()
-
-	for _, h2 := range []bool{true, false} {
-		tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}
-		tr.Protocols = new(http.Protocols)
-		tr.Protocols.SetHTTP1(!h2)
-		tr.Protocols.SetHTTP2(h2)
-		var local string
-		tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
-			c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
-			if err == nil {
-				local = c.LocalAddr().String()
-			}
-			return c, err
-		}
-		c := &http.Client{Transport: tr, Timeout: 5 * time.Second}
-		for range 3 { // later requests must not change the decision
-			res, body := get(t, c, "https://"+ln.Addr().String()+"/")
-			if want := map[bool]int{true: 2, false: 1}[h2]; res.ProtoMajor != want {
-				t.Fatalf("got %s (%q), want HTTP/%d", res.Proto, body, want)
-			}
-		}
-		tr.CloseIdleConnections()
-		mu.Lock()
-		got, seen := on[local]
-		mu.Unlock()
-		if !seen || got != h2 {
-			t.Errorf("h2=%v: connection seen=%v, coalescing=%v; want coalescing exactly for h2", h2, seen, got)
-		}
-	}
 }
 
 // TestH2GracefulShutdownDelivers: a response in flight when the shutdown

@@ -330,6 +330,27 @@ func ccPeerGetsPrefix(t *testing.T, peer *net.TCPConn) []byte {
 	return got
 }
 
+// ccFailureSettles checks what follows a failed write on c: the socket
+// closes, the Read blocked on it (reporting to readDone) returns an error,
+// and the drain ends.
+func ccFailureSettles(t *testing.T, c *coalescingConn, srv *net.TCPConn, readDone <-chan error) {
+	t.Helper()
+	if !waitFor(5*time.Second, func() bool { return ccSocketClosed(srv) }) {
+		t.Error("socket still open 5s after the write failed")
+	}
+	select {
+	case err := <-readDone:
+		if err == nil {
+			t.Error("the blocked Read returned no error")
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("the blocked Read did not return within 5s of the write failure")
+	}
+	if !waitFor(5*time.Second, func() bool { return !ccDraining(c) }) {
+		t.Error("drain goroutine still running 5s after the write failure")
+	}
+}
+
 // TestCoalescingConnKeepsOrder: many Writes of varied sizes, small ones
 // gathered and ones larger than coalesceLimit, reach the peer exactly as
 // written, from one writer (as net/http's HTTP/2 server writes) and from
@@ -698,20 +719,7 @@ func ccWriteIdleStalled(t *testing.T, writeIdle time.Duration, chunk int) {
 	if _, err := c.Write([]byte("again")); err == nil || err.Error() != w.err.Error() {
 		t.Errorf("the Write after the failure returned %v, want %v again", err, w.err)
 	}
-	if !waitFor(5*time.Second, func() bool { return ccSocketClosed(srv) }) {
-		t.Error("socket still open 5s after the write failed")
-	}
-	select {
-	case err := <-readDone:
-		if err == nil {
-			t.Error("the blocked Read returned no error")
-		}
-	case <-time.After(5 * time.Second):
-		t.Error("the blocked Read did not return within 5s of the write failure")
-	}
-	if !waitFor(5*time.Second, func() bool { return !ccDraining(c) }) {
-		t.Error("drain goroutine still running 5s after the write failure")
-	}
+	ccFailureSettles(t, c, srv, readDone)
 	// The peer reads what the kernel held, then the close.
 	got := ccPeerGetsPrefix(t, peer)
 	if lost := w.accepted.Load() - int64(len(got)); lost < 0 || lost > 2*coalesceLimit {
@@ -1143,20 +1151,7 @@ func ccWriteAfterPeerGone(t *testing.T, chunk int) {
 			t.Errorf("Write after the failure returned %v, want %v again", err2, err)
 		}
 	}
-	if !waitFor(5*time.Second, func() bool { return ccSocketClosed(srv) }) {
-		t.Error("socket still open 5s after the write failed")
-	}
-	select {
-	case err := <-readDone:
-		if err == nil {
-			t.Error("the blocked Read returned no error")
-		}
-	case <-time.After(5 * time.Second):
-		t.Error("the blocked Read did not return within 5s of the write failure")
-	}
-	if !waitFor(5*time.Second, func() bool { return !ccDraining(c) }) {
-		t.Error("drain goroutine still running 5s after the write failure")
-	}
+	ccFailureSettles(t, c, srv, readDone)
 	c.Close()
 }
 
