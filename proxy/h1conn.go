@@ -7,6 +7,8 @@ import (
 	"net"
 	"syscall"
 	"time"
+
+	"github.com/sluiceproxy/sluice/internal/sockio"
 )
 
 // h1conn is one keep-alive HTTP/1.1 connection to an upstream, used by one
@@ -105,7 +107,7 @@ func (t *Transport) newConn(ctx context.Context, addr string) (*h1conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &h1conn{nc: nc, addr: addr, headerLimit: -1}
+	c := &h1conn{nc: sockio.Wrap(nc), addr: addr, headerLimit: -1}
 	c.br = bufio.NewReaderSize(c, 4<<10)
 	c.bw = bufio.NewWriterSize(c, 4<<10)
 	if sc, ok := nc.(syscall.Conn); ok {

@@ -29,6 +29,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/sluiceproxy/sluice/internal/sockio"
 )
 
 // Defaults used for zero Options fields.
@@ -178,6 +180,7 @@ func (o Options) tlsConfig() (*tls.Config, error) {
 func serve(ctx context.Context, ln net.Listener, h http.Handler, o Options, tlsConf *tls.Config) error {
 	o = o.withDefaults()
 	log := o.Logger
+	ln = sockio.Listener(ln)
 
 	var protos http.Protocols
 	protos.SetHTTP1(true)

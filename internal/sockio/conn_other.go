@@ -1,0 +1,8 @@
+//go:build !linux
+
+package sockio
+
+import "net"
+
+// Wrap returns nc unchanged: the raw system calls are Linux only.
+func Wrap(nc net.Conn) net.Conn { return nc }
