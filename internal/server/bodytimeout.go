@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -38,13 +39,15 @@ var aLongTimeAgo = time.Unix(1, 0)
 
 // clientTimeouts wraps h so that a client that stops sending its request
 // body (BodyReadTimeout) or stops reading the response (WriteIdleTimeout)
-// is cut off. o has its defaults applied. Both limits are watchdogs, not
-// deadlines: a timer runs only while one read of the body or one write of
-// the response is blocked, and only when it fires is a deadline in the past
-// set on the connection (HTTP/1) or the stream (HTTP/2) through
-// http.ResponseController. So idle periods of the handler itself (waiting
-// for the upstream, a quiet event stream) never count, and the server's own
-// ReadTimeout and WriteTimeout deadlines are left alone.
+// is cut off. o has its defaults applied. Both limits bound one blocked
+// read of the body or one write of the response, never the whole request:
+// idle periods of the handler itself (waiting for the upstream, a quiet
+// event stream) never count. HTTP/1 moves the connection's deadlines
+// before its reads and writes (see coarseSlack); where those deadlines are
+// not ours to move (HTTP/2 streams, or the server's own ReadTimeout or
+// WriteTimeout set), a watchdog notes every blocked read and write and,
+// when one has lasted its limit, sets a deadline in the past on the stream
+// or connection through http.ResponseController.
 func clientTimeouts(h http.Handler, o Options) http.Handler {
 	th := &timeoutHandler{
 		h:     h,
@@ -64,6 +67,7 @@ func clientTimeouts(h http.Handler, o Options) http.Handler {
 	if th.read == 0 && th.write == 0 {
 		return h
 	}
+	th.dog = newWatchdog(th)
 	return th
 }
 
@@ -74,6 +78,7 @@ type timeoutHandler struct {
 	coarseRead, coarseWrite bool
 	readSlack, writeSlack   int64 // nanoseconds, see coarseSlack
 	log                     *slog.Logger
+	dog                     *watchdog
 }
 
 // coarseSlack is how stale an HTTP/1 connection deadline may get before a
@@ -93,15 +98,24 @@ type connDeadlines interface {
 }
 
 // reqWatch is the per-request state: one allocation holds the body and
-// response wrappers; the timers are made before the handler runs.
+// response wrappers.
 type reqWatch struct {
-	th     *timeoutHandler
-	w      http.ResponseWriter // the ResponseWriter we wrap
-	r      *http.Request
-	body   watchedBody
-	rw     watchedHijacker // rw.watchedWriter for HTTP/2
-	rt, wt *time.Timer     // nil when that limit is off or coarse
-	wrote  bool            // a final status or body bytes went out
+	th    *timeoutHandler
+	w     http.ResponseWriter // the ResponseWriter we wrap
+	r     *http.Request
+	body  watchedBody
+	rw    watchedHijacker // rw.watchedWriter for HTTP/2
+	wrote bool            // a final status or body bytes went out
+	// The watchdog's part (watchdog.go): whether it watches the body's
+	// reads and the response's writes, when the one in progress began
+	// (monoNow, 0 when none is), which are due to be cut off, and the
+	// request's place in its list. mu orders a cut-off against the end
+	// of the request and a hijack: neither may be overtaken by it.
+	watchRd, watchWr      bool
+	readSince, writeSince atomic.Int64
+	readDue, writeDue     atomic.Bool
+	mu                    sync.Mutex
+	prev, next            *reqWatch
 	// HTTP/1: the connection's deadlines are moved before I/O instead
 	// of timers being run around it (see coarseSlack). conn is nil when
 	// both limits use timers.
@@ -125,12 +139,7 @@ func (th *timeoutHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if th.read > 0 && r.Body != nil && r.Body != http.NoBody {
-		if !g.coarseRd {
-			// Made before the body is handed out: the transport may
-			// read it on another goroutine.
-			g.rt = time.AfterFunc(th.read, g.readTimedOut)
-			g.rt.Stop()
-		}
+		g.watchRd = !g.coarseRd
 		g.body = watchedBody{ReadCloser: r.Body, g: g}
 		// In place, like http.MaxBytesReader, and put back before
 		// returning: net/http looks at the type of r.Body after the
@@ -140,11 +149,8 @@ func (th *timeoutHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		r.Body = &g.body
 		defer func() { r.Body = orig }()
 	}
-	if th.write > 0 && !g.coarseWr {
-		g.wt = time.AfterFunc(th.write, g.writeTimedOut)
-		g.wt.Stop()
-	}
-	if g.rt == nil && g.wt == nil && g.body.g == nil && !g.coarseWr {
+	g.watchWr = th.write > 0 && !g.coarseWr
+	if !g.watchRd && !g.watchWr && g.body.g == nil && !g.coarseWr {
 		th.h.ServeHTTP(w, r)
 		return
 	}
@@ -153,7 +159,19 @@ func (th *timeoutHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if _, ok := w.(http.Hijacker); ok {
 		out = &g.rw
 	}
+	if g.watchRd || g.watchWr {
+		// Registered before the body is handed out: the transport may
+		// read it on another goroutine.
+		th.dog.add(g)
+	}
+	panicked := true
+	defer func() {
+		if panicked {
+			g.finish() // no cut-off may touch w once net/http has it back
+		}
+	}()
 	th.h.ServeHTTP(out, r)
+	panicked = false
 	g.finish()
 	if g.hijacked.Load() {
 		return
@@ -177,7 +195,7 @@ func (th *timeoutHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case g.coarseWr:
 		g.armWrite() // boundFinalFlush holds: coarse needs WriteTimeout off
-	case g.wt != nil && th.boundFinalFlush && r.Context().Err() == nil:
+	case g.watchWr && th.boundFinalFlush && r.Context().Err() == nil:
 		_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(th.write))
 	}
 }
@@ -187,15 +205,15 @@ func (g *reqWatch) beginWrite() {
 	switch {
 	case g.coarseWr:
 		g.armWrite()
-	case g.wt != nil:
-		g.wt.Reset(g.th.write)
+	case g.watchWr:
+		g.writeSince.Store(monoNow())
 	}
 }
 
 func (g *reqWatch) endWrite(err error) {
 	switch {
-	case g.wt != nil:
-		g.wt.Stop()
+	case g.watchWr:
+		g.writeSince.Store(0)
 	case g.coarseWr && errors.Is(err, os.ErrDeadlineExceeded) && !g.done.Load():
 		g.th.log.Debug("closing slow client: response write blocked",
 			"timeout", g.th.write.String(), "remote", g.r.RemoteAddr, "uri", g.r.RequestURI)
@@ -237,8 +255,8 @@ func (g *reqWatch) beginRead() {
 		// any write of ours: the write deadline may be long past.
 		g.armWrite()
 	}
-	if g.rt != nil {
-		g.rt.Reset(g.th.read)
+	if g.watchRd {
+		g.readSince.Store(monoNow())
 		return
 	}
 	if g.coarseRd && !g.hijacked.Load() && arm(&g.readArmed, g.th.readSlack) {
@@ -247,8 +265,8 @@ func (g *reqWatch) beginRead() {
 }
 
 func (g *reqWatch) endRead(err error) {
-	if g.rt != nil {
-		g.rt.Stop()
+	if g.watchRd {
+		g.readSince.Store(0)
 		return
 	}
 	if g.coarseRd && errors.Is(err, os.ErrDeadlineExceeded) && !g.readFired.Load() {
@@ -277,23 +295,35 @@ func (g *reqWatch) requestTimeout() {
 	_, _ = io.WriteString(g.w, "request body timeout\n")
 }
 
-// finish stops the watchdogs: what the handler left behind is no longer
-// the client's fault.
+// finish ends the watch: what the handler left behind is no longer the
+// client's fault. A cut-off in progress completes first.
 func (g *reqWatch) finish() {
+	g.mu.Lock()
 	g.done.Store(true)
-	if g.rt != nil {
-		g.rt.Stop()
+	g.mu.Unlock()
+	if g.watchRd || g.watchWr {
+		g.th.dog.remove(g)
 	}
-	if g.wt != nil {
-		g.wt.Stop()
+}
+
+// fire cuts off what the watchdog found blocked for its limit, unless the
+// request ended or the connection was hijacked meanwhile.
+func (g *reqWatch) fire() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.done.Load() || g.hijacked.Load() {
+		return
+	}
+	if g.readDue.Swap(false) {
+		g.readTimedOut()
+	}
+	if g.writeDue.Swap(false) {
+		g.writeTimedOut()
 	}
 }
 
 // readTimedOut runs when one read of the body waited th.read for bytes.
 func (g *reqWatch) readTimedOut() {
-	if g.done.Load() || g.hijacked.Load() {
-		return
-	}
 	g.readFired.Store(true)
 	g.th.log.Debug("closing slow client: no request body bytes",
 		"timeout", g.th.read.String(), "remote", g.r.RemoteAddr, "uri", g.r.RequestURI)
@@ -307,9 +337,6 @@ func (g *reqWatch) readTimedOut() {
 
 // writeTimedOut runs when one write to the client was blocked th.write.
 func (g *reqWatch) writeTimedOut() {
-	if g.done.Load() || g.hijacked.Load() {
-		return
-	}
 	g.th.log.Debug("closing slow client: response write blocked",
 		"timeout", g.th.write.String(), "remote", g.r.RemoteAddr, "uri", g.r.RequestURI)
 	// HTTP/1: the blocked write fails and the connection is closed.

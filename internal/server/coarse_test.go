@@ -10,10 +10,10 @@ import (
 	"time"
 )
 
-// HTTP/1 requests get the slow-client limits as connection deadlines (no
-// timers), unless the server's own ReadTimeout/WriteTimeout owns that side;
-// a wrapper between net/http and the limits would silently lose this, so it
-// is checked here.
+// HTTP/1 requests get the slow-client limits as connection deadlines (not
+// the watchdog), unless the server's own ReadTimeout/WriteTimeout owns
+// that side; a wrapper between net/http and the limits would silently lose
+// this, so it is checked here.
 func TestHTTP1LimitsUseConnectionDeadlines(t *testing.T) {
 	for _, tc := range []struct {
 		name                  string
@@ -29,15 +29,15 @@ func TestHTTP1LimitsUseConnectionDeadlines(t *testing.T) {
 			o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 			o.BodyReadTimeout, o.WriteIdleTimeout = time.Minute, time.Minute
 			type seen struct {
-				rd, wr         bool
-				rTimer, wTimer bool
+				rd, wr     bool
+				rDog, wDog bool
 			}
 			got := make(chan seen, 1)
 			h := clientTimeouts(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				g := w.(*watchedHijacker).g
 				io.Copy(io.Discard, r.Body)
 				io.WriteString(w, "ok")
-				got <- seen{g.coarseRd, g.coarseWr, g.rt != nil, g.wt != nil}
+				got <- seen{g.coarseRd, g.coarseWr, g.watchRd, g.watchWr}
 			}), o)
 			srv := httptest.NewServer(h)
 			defer srv.Close()
@@ -49,8 +49,8 @@ func TestHTTP1LimitsUseConnectionDeadlines(t *testing.T) {
 			res.Body.Close()
 			s := <-got
 			if string(b) != "ok" || s.rd != tc.wantCoarseRd || s.wr != tc.wantCWr ||
-				s.rTimer == s.rd || s.wTimer == s.wr {
-				t.Fatalf("body %q; coarse read %v write %v, timers read %v write %v", b, s.rd, s.wr, s.rTimer, s.wTimer)
+				s.rDog == s.rd || s.wDog == s.wr {
+				t.Fatalf("body %q; coarse read %v write %v, watchdog read %v write %v", b, s.rd, s.wr, s.rDog, s.wDog)
 			}
 		})
 	}

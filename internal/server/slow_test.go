@@ -394,6 +394,38 @@ func TestSlowRead(t *testing.T) {
 		}
 	})
 
+	t.Run("HTTP/2 zero flow-control window, small response", func(t *testing.T) {
+		// The handler returns with "ok" still in net/http's buffer;
+		// what bounds net/http's final flush of it, which waits for a
+		// window the client never grants, is the stream deadline set
+		// as the handler returns. Without it the stream and its
+		// goroutine would stay until the client left.
+		s := startStack(t, Options{WriteIdleTimeout: slowLimit})
+		p := startProber(s.addr)
+		h := dialH2(t, s.addr, "/ok", http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
+		t0 := time.Now()
+		if err := h.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: h.hdr, EndStream: true, EndHeaders: true}); err != nil {
+			t.Fatal(err)
+		}
+		h.flush(t)
+		rst := 0
+		waitFor(slowLimit+1500*time.Millisecond, func() bool {
+			h.mu.Lock()
+			defer h.mu.Unlock()
+			rst = h.rst[http2.ErrCodeInternal]
+			return rst > 0
+		})
+		took := time.Since(t0)
+		p.finish(t)
+		t.Logf("after %v: %s", took.Round(time.Millisecond), h.summary())
+		if rst != 1 {
+			t.Fatalf("want the starved stream reset (RST_STREAM INTERNAL_ERROR) within %v; server: %s", slowLimit+1500*time.Millisecond, h.summary())
+		}
+		if took < slowLimit-50*time.Millisecond {
+			t.Errorf("the stream was reset after %v, before WriteIdleTimeout (%v)", took, slowLimit)
+		}
+	})
+
 	t.Run("HTTP/2 client stops reading the socket", func(t *testing.T) {
 		// Either the stream's write watchdog or the connection's
 		// WriteByteTimeout fires first. In the first case the stream is

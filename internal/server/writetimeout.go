@@ -67,7 +67,9 @@ type watchedHijacker struct{ watchedWriter }
 // Hijack hands the connection over; from then on the watchdogs keep their
 // hands off it (net/http clears its deadlines).
 func (w *watchedHijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	w.g.mu.Lock() // after any cut-off in progress
 	w.g.hijacked.Store(true)
+	w.g.mu.Unlock()
 	c, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
 	if err != nil {
 		w.g.hijacked.Store(false)
