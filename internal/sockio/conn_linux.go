@@ -49,9 +49,6 @@ func Wrap(nc net.Conn) net.Conn {
 	return c
 }
 
-// Unwrap returns the TCP connection, for code that needs its concrete type.
-func (c *Conn) Unwrap() net.Conn { return c.TCPConn }
-
 func (c *Conn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil

@@ -72,10 +72,7 @@ func TestWrapOnlyTCP(t *testing.T) {
 	if got := Wrap(a); got != a {
 		t.Fatalf("Wrap(pipe) = %T, want the pipe itself", got)
 	}
-	c, _ := pair(t)
-	if _, ok := c.Unwrap().(*net.TCPConn); !ok {
-		t.Fatalf("Unwrap = %T, want *net.TCPConn", c.Unwrap())
-	}
+	pair(t) // fails unless the listener's TCP connection comes back wrapped
 }
 
 // Large transfers in both directions, with the reading side slow enough

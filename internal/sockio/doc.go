@@ -8,8 +8,8 @@
 // polls every 20 µs until the process is idle again. A proxy at a moderate
 // request rate goes idle and wakes twice per request (waiting for the
 // client, then the upstream), so every request paid two futex wake-ups and
-// a few sysmon context switches on another core: about a quarter of the
-// proxy's CPU at 2000 requests per second. Waiting for readiness still goes
+// a few sysmon context switches on another core: about half of the proxy's
+// CPU at 2000 requests per second (docs/performance.md, step 11). Waiting for readiness still goes
 // through the runtime's network poller (syscall.RawConn), so deadlines,
 // Close and goroutine parking behave exactly as with net.TCPConn.
 package sockio
