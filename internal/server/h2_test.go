@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluiceproxy/sluice/internal/sockio"
 	"github.com/sluiceproxy/sluice/proxy"
 	"github.com/sluiceproxy/sluice/upstream"
 	"golang.org/x/net/http2"
@@ -242,7 +243,9 @@ func (l *trackingListener) Accept() (net.Conn, error) {
 	if l.onAccept != nil {
 		l.onAccept(c.(*net.TCPConn))
 	}
-	tc := &trackedConn{Conn: c, closed: make(chan struct{})}
+	// Raw-syscall reads and writes, as Serve gives the TCP connections it
+	// accepts itself (this wrapper hides the *net.TCPConn from it).
+	tc := &trackedConn{Conn: sockio.Wrap(c), closed: make(chan struct{})}
 	l.mu.Lock()
 	l.conns[c.RemoteAddr().String()] = tc
 	l.mu.Unlock()

@@ -1444,7 +1444,7 @@ func TestCoalescingConnEndToEnd(t *testing.T) {
 		var stacks string
 		if !waitFor(10*time.Second, func() bool {
 			stacks = ccStacks()
-			return ccGoroutineWith(stacks, "(*coalescingConn).Write(", "net.(*conn).Write(")
+			return ccGoroutineWith(stacks, "(*coalescingConn).Write(", "sockio.(*Conn).Write(")
 		}) {
 			t.Fatal("no write blocked in a coalescingConn: TLS connections are not wrapped")
 		}
