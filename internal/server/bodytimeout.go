@@ -84,8 +84,8 @@ type timeoutHandler struct {
 // coarseSlack is how stale an HTTP/1 connection deadline may get before a
 // read or write moves it: a blocked I/O is cut off between limit-slack and
 // limit after it began, and a response's many writes cost one deadline
-// update instead of two timer operations each. The slack is at most an
-// eighth of the limit.
+// update between them. The slack is at most an eighth of the limit; the
+// watchdog ticks at the same slack.
 const coarseSlack = time.Second
 
 func slackFor(limit time.Duration) int64 { return int64(min(coarseSlack, limit/8)) }
@@ -117,8 +117,8 @@ type reqWatch struct {
 	mu                    sync.Mutex
 	prev, next            *reqWatch
 	// HTTP/1: the connection's deadlines are moved before I/O instead
-	// of timers being run around it (see coarseSlack). conn is nil when
-	// both limits use timers.
+	// of the watchdog watching it (see coarseSlack). conn is nil when
+	// both limits use the watchdog.
 	conn                  connDeadlines
 	coarseRd, coarseWr    bool
 	expectContinue        bool         // a body read may write "100 Continue"
@@ -271,7 +271,7 @@ func (g *reqWatch) endRead(err error) {
 	}
 	if g.coarseRd && errors.Is(err, os.ErrDeadlineExceeded) && !g.readFired.Load() {
 		// net/http has cancelled the request's context and will not
-		// reuse the connection, as with the timer.
+		// reuse the connection, as with the watchdog's cut-off.
 		g.readFired.Store(true)
 		g.th.log.Debug("closing slow client: no request body bytes",
 			"timeout", g.th.read.String(), "remote", g.r.RemoteAddr, "uri", g.r.RequestURI)
