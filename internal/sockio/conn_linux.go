@@ -51,7 +51,7 @@ func Wrap(nc net.Conn) net.Conn {
 
 func (c *Conn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
-		return 0, nil
+		return c.TCPConn.Read(p) // its answer on a closed connection too
 	}
 	c.rmu.Lock()
 	defer c.rmu.Unlock()
@@ -89,7 +89,7 @@ func (c *Conn) readOnce(fd uintptr) bool {
 
 func (c *Conn) Write(p []byte) (int, error) {
 	if len(p) == 0 {
-		return 0, nil
+		return c.TCPConn.Write(p)
 	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()

@@ -128,6 +128,10 @@ func TestZeroLength(t *testing.T) {
 	if n, err := c.Write(nil); n != 0 || err != nil {
 		t.Fatalf("Write(nil) = %d, %v", n, err)
 	}
+	c.Close()
+	if _, err := c.Read(nil); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Read(nil) on a closed connection = %v, want net.ErrClosed", err)
+	}
 }
 
 // The errors must be what net.TCPConn returns: plain io.EOF, and
