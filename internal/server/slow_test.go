@@ -343,29 +343,44 @@ func backendCut(t *testing.T, s *stack, t0 time.Time, limit time.Duration) {
 	}
 }
 
+// slowReadHTTP1: an HTTP/1.1 client that stops reading a 64 MiB answer is
+// cut off at WriteIdleTimeout, and the upstream request with it.
+func slowReadHTTP1(t *testing.T, o Options) {
+	s := startStack(t, o)
+	p := startProber(s.addr)
+	c, err := net.DialTimeout("tcp", s.addr, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.(*net.TCPConn).SetReadBuffer(4 << 10)
+	t0 := time.Now()
+	io.WriteString(c, "GET /big HTTP/1.1\r\nHost: sluice\r\n\r\n")
+	backendCut(t, s, t0, 4*time.Second)
+	p.finish(t)
+	// The client would have to drain megabytes of socket buffers to see
+	// the close; ask the server's side instead.
+	if !s.serverClosed(c, time.Second) {
+		t.Error("the server did not close the connection")
+	}
+	if f := s.upstreamFailures(); f != 0 {
+		t.Errorf("the slow reader counted as %d upstream failures", f)
+	}
+}
+
 func TestSlowRead(t *testing.T) {
-	t.Run("HTTP/1.1 client stops reading", func(t *testing.T) {
-		s := startStack(t, Options{WriteIdleTimeout: slowLimit})
-		p := startProber(s.addr)
-		c, err := net.DialTimeout("tcp", s.addr, time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		c.(*net.TCPConn).SetReadBuffer(4 << 10)
-		t0 := time.Now()
-		io.WriteString(c, "GET /big HTTP/1.1\r\nHost: sluice\r\n\r\n")
-		backendCut(t, s, t0, 4*time.Second)
-		p.finish(t)
-		// The client would have to drain megabytes of socket buffers
-		// to see the close; ask the server's side instead.
-		if !s.serverClosed(c, time.Second) {
-			t.Error("the server did not close the connection")
-		}
-		if f := s.upstreamFailures(); f != 0 {
-			t.Errorf("the slow reader counted as %d upstream failures", f)
-		}
-	})
+	for _, v := range []struct {
+		name string
+		o    Options
+	}{
+		{"HTTP/1.1 client stops reading", Options{WriteIdleTimeout: slowLimit}},
+		// The server's own timeouts own the connection deadlines: the
+		// watchdog alone enforces the limit (watchdog.go).
+		{"HTTP/1.1 client stops reading, server timeouts set",
+			Options{WriteIdleTimeout: slowLimit, ReadTimeout: time.Minute, WriteTimeout: time.Minute}},
+	} {
+		t.Run(v.name, func(t *testing.T) { slowReadHTTP1(t, v.o) })
+	}
 
 	t.Run("HTTP/2 zero flow-control window", func(t *testing.T) {
 		s := startStack(t, Options{WriteIdleTimeout: slowLimit})
