@@ -10,8 +10,8 @@ import (
 	"time"
 )
 
-// coalescingConn is what net/http's HTTP/2 server writes an h2c
-// connection through. That server flushes its frame buffer whenever its
+// coalescingConn is what net/http's HTTP/2 server writes an HTTP/2
+// connection (h2c, or h2 over TLS) through. That server flushes its frame buffer whenever its
 // write queue runs dry, and a handler waits for its HEADERS frame to be
 // buffered before it queues its DATA; so each response costs two write
 // syscalls, and on a loopback or LAN socket a write is the largest single
@@ -290,20 +290,15 @@ func switchOnForH2(nc net.Conn, st http.ConnState) {
 }
 
 // coalesceBufs keeps batch buffers between bursts, so an idle connection
-// holds none.
-var coalesceBufs sync.Pool
+// holds none. They are whole arrays: pending never grows past
+// coalesceLimit, and putting an array pointer back allocates nothing
+// (a *[]byte would, on every put).
+var coalesceBufs = sync.Pool{New: func() any { return new([coalesceLimit]byte) }}
 
-func getCoalesceBuf() []byte {
-	if p, ok := coalesceBufs.Get().(*[]byte); ok {
-		return (*p)[:0]
-	}
-	return make([]byte, 0, 4<<10)
-}
+func getCoalesceBuf() []byte { return coalesceBufs.Get().(*[coalesceLimit]byte)[:0] }
 
 func putCoalesceBuf(b []byte) {
-	if cap(b) == 0 || cap(b) > 2*coalesceLimit {
-		return
+	if cap(b) == coalesceLimit {
+		coalesceBufs.Put((*[coalesceLimit]byte)(b[:coalesceLimit]))
 	}
-	b = b[:0]
-	coalesceBufs.Put(&b)
 }
