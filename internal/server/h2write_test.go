@@ -282,6 +282,21 @@ func ccStartWriter(c *coalescingConn, chunk, max int, before func()) *ccStreamWr
 	return w
 }
 
+// mustBlock fails t unless the writer, whose peer reads nothing, is held
+// on the limit within 20 s.
+func (w *ccStreamWriter) mustBlock(t *testing.T) {
+	t.Helper()
+	if w.waitBlocked(20 * time.Second) {
+		return
+	}
+	select {
+	case <-w.done:
+		t.Fatalf("the writer ended (%d bytes accepted, err %v) against a peer that reads nothing", w.accepted.Load(), w.err)
+	default:
+	}
+	t.Fatalf("the writer did not block on the limit within 20s (%d bytes accepted)", w.accepted.Load())
+}
+
 // waitBlocked waits (up to d) until the writer is held: the count accepted
 // has not moved for a while and, for chunks within the limit, the pending
 // bytes leave no room for the next one (a larger chunk is held in its
@@ -594,14 +609,7 @@ func TestCoalescingConnBoundsPending(t *testing.T) {
 		c.Close()
 		<-w.done
 	}()
-	if !w.waitBlocked(20 * time.Second) {
-		select {
-		case <-w.done:
-			t.Fatalf("the writer finished (%d bytes accepted, err %v) against a peer that reads nothing", w.accepted.Load(), w.err)
-		default:
-		}
-		t.Fatalf("the writer did not block on the limit within 20s (%d bytes accepted)", w.accepted.Load())
-	}
+	w.mustBlock(t)
 	accepted := w.accepted.Load()
 	if !ccDraining(c) {
 		t.Error("the writer is blocked but no drain runs")
@@ -917,14 +925,7 @@ func TestCoalescingConnCloseBoundedWhenPeerStalls(t *testing.T) {
 			c.Close()
 			<-w.done
 		}()
-		if !w.waitBlocked(20 * time.Second) {
-			select {
-			case <-w.done:
-				t.Fatalf("the writer ended (%d bytes accepted, err %v) against a peer that reads nothing", w.accepted.Load(), w.err)
-			default:
-			}
-			t.Fatalf("the writer did not block on the limit within 20s (%d bytes accepted)", w.accepted.Load())
-		}
+		w.mustBlock(t)
 		rd := blockedRead(c)
 		select {
 		case r := <-rd:
@@ -1271,6 +1272,7 @@ func ccStalledH2Request(t *testing.T, c net.Conn, authority, path string) {
 	for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", authority}, {":path", path}} {
 		enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
 	}
+	fr.WriteSettingsAck() // the server's SETTINGS are not read: nothing is
 	fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true})
 	c.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	if err := bw.Flush(); err != nil {

@@ -455,22 +455,8 @@ func TestSlowRead(t *testing.T) {
 		}
 		defer c.Close()
 		c.(*net.TCPConn).SetReadBuffer(4 << 10)
-		bw := bufio.NewWriter(c)
-		fr := http2.NewFramer(bw, c)
-		io.WriteString(bw, http2.ClientPreface)
-		fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1<<31 - 1})
-		fr.WriteWindowUpdate(0, 1<<31-1-65535)
-		var hb strings.Builder
-		enc := hpack.NewEncoder(&hb)
-		for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", s.addr}, {":path", "/big"}} {
-			enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
-		}
-		fr.WriteSettingsAck() // the server's SETTINGS are not read: nothing is
-		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: []byte(hb.String()), EndStream: true, EndHeaders: true})
 		t0 := time.Now()
-		if err := bw.Flush(); err != nil {
-			t.Fatal(err)
-		}
+		ccStalledH2Request(t, c, s.addr, "/big")
 		backendCut(t, s, t0, 4*time.Second)
 		p.finish(t)
 		if !s.serverClosed(c, 3*time.Second) {
