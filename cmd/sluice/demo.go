@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/sluiceproxy/sluice/internal/admin"
+	"github.com/sluiceproxy/sluice/internal/gcfloor"
 	"github.com/sluiceproxy/sluice/internal/server"
 	"github.com/sluiceproxy/sluice/proxy"
 	"github.com/sluiceproxy/sluice/upstream"
@@ -101,6 +102,7 @@ func runDemo(ctx context.Context, o demoOptions, e env) error {
 	if o.SelfTest {
 		accessOut, logLevel = io.Discard, slog.LevelWarn
 	}
+	defer gcfloor.Start(defaultGCFloor).Stop()
 	d, err := startDemo(from, accessOut, newLogger(e.stderr, "text", logLevel))
 	if err != nil {
 		return err

@@ -44,6 +44,9 @@ func TestParseProxyFlagsGood(t *testing.T) {
 		{"sizes", append([]string{"--max-request-buffer", "512KiB", "--max-header-bytes", "32k"}, to...),
 			func(o proxyOptions) bool { return o.MaxRequestBuffer == 512<<10 && o.MaxHeaderBytes == 32<<10 }},
 		{"no buffering", append([]string{"--max-request-buffer", "0"}, to...), func(o proxyOptions) bool { return o.MaxRequestBuffer == 0 }},
+		{"gc floor default", to, func(o proxyOptions) bool { return o.GCFloor == 16<<20 }},
+		{"gc floor", append([]string{"--gc-floor", "64MiB"}, to...), func(o proxyOptions) bool { return o.GCFloor == 64<<20 }},
+		{"no gc floor", append([]string{"--gc-floor", "0"}, to...), func(o proxyOptions) bool { return o.GCFloor == 0 }},
 		{"trusted", append([]string{"--trusted-proxy", "10.0.0.0/8", "--trusted-proxy", "192.168.1.7", "--trusted-proxy", "::1", "--trusted-proxy", "10.1.2.3/16"}, to...),
 			func(o proxyOptions) bool {
 				return reflect.DeepEqual(o.TrustedProxies, []netip.Prefix{
@@ -107,6 +110,8 @@ func TestParseProxyFlagsBad(t *testing.T) {
 		{[]string{"--flush-interval", "-1s"}, `sluice proxy: --flush-interval "-1s": want a duration >= 0 such as 100ms, or -1 to flush after every write`},
 		{[]string{"--max-request-buffer", "1MB"}, `sluice proxy: --max-request-buffer "1MB": want a size in bytes >= 0 such as 1048576, 512KiB or 1MiB (0 = no buffering)`},
 		{[]string{"--max-request-buffer", "-5"}, `sluice proxy: --max-request-buffer "-5": want a size in bytes >= 0 such as 1048576, 512KiB or 1MiB (0 = no buffering)`},
+		{[]string{"--gc-floor", "16MB"}, `sluice proxy: --gc-floor "16MB": want a size in bytes from 0 to 16GiB such as 16MiB (0 = no floor)`},
+		{[]string{"--gc-floor", "17GiB"}, `sluice proxy: --gc-floor "17GiB": want a size in bytes from 0 to 16GiB such as 16MiB (0 = no floor)`},
 		{[]string{"--max-header-bytes", "0"}, `sluice proxy: --max-header-bytes "0": want a size in bytes > 0 such as 65536 or 64KiB`},
 		{[]string{"--trusted-proxy", "10.0.0.0/33"}, `sluice proxy: --trusted-proxy "10.0.0.0/33": want an IP address or CIDR such as 10.0.0.0/8 or 192.168.1.7`},
 		{[]string{"--trusted-proxy", "proxy.local"}, `sluice proxy: --trusted-proxy "proxy.local": want an IP address or CIDR such as 10.0.0.0/8 or 192.168.1.7`},

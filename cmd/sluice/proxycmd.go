@@ -12,6 +12,7 @@ import (
 
 	"github.com/sluiceproxy/sluice/internal/accesslog"
 	"github.com/sluiceproxy/sluice/internal/admin"
+	"github.com/sluiceproxy/sluice/internal/gcfloor"
 	"github.com/sluiceproxy/sluice/internal/server"
 	"github.com/sluiceproxy/sluice/proxy"
 	"github.com/sluiceproxy/sluice/upstream"
@@ -31,6 +32,7 @@ type env struct {
 // runProxy serves `sluice proxy` until ctx ends.
 func runProxy(ctx context.Context, o proxyOptions, e env) error {
 	log := newLogger(e.stderr, o.LogFormat, o.LogLevel)
+	defer gcfloor.Start(uint64(o.GCFloor)).Stop()
 	var access func(proxy.Summary)
 	if o.AccessLog != "" {
 		w := e.stdout
