@@ -81,7 +81,7 @@ type proxyOptions struct {
 }
 
 // defaultGCFloor: at 16 MiB a busy proxy collects a few times a second
-// instead of dozens, for about 12 MiB more resident memory
+// instead of dozens, for about 10 MiB more resident memory
 // (docs/performance.md, step 13).
 const defaultGCFloor = 16 << 20
 
