@@ -61,11 +61,9 @@ type Floor struct {
 	base    int
 	samples []metrics.Sample
 
-	owner bool // holds active
-
 	mu      sync.Mutex
-	stopped bool
-	percent int // last set
+	stopped bool // true from Start on for a floor that does nothing
+	percent int  // last set
 }
 
 // metric names, in the order Start reads them.
@@ -99,7 +97,6 @@ func Start(floor uint64) *Floor {
 		f.stopped = true
 		return f
 	}
-	f.owner = true
 	f.adjust()
 	f.watch()
 	return f
@@ -110,16 +107,14 @@ func (f *Floor) Stop() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.stopped {
-		return
+		return // never ran, or stopped already
 	}
 	f.stopped = true
 	if f.percent != f.base {
 		debug.SetGCPercent(f.base)
 		f.percent = f.base
 	}
-	if f.owner {
-		active.Unlock()
-	}
+	active.Unlock() // only a floor that runs holds it
 }
 
 // GOGC is the percentage the floor set last (the base when it set none).
@@ -129,23 +124,21 @@ func (f *Floor) GOGC() int {
 	return f.percent
 }
 
+// value is sample i; all four are uint64 (0 if this runtime lacks it).
 func (f *Floor) value(i int) uint64 {
-	v := f.samples[i].Value
-	switch v.Kind() {
-	case metrics.KindUint64:
+	if v := f.samples[i].Value; v.Kind() == metrics.KindUint64 {
 		return v.Uint64()
-	case metrics.KindFloat64:
-		return uint64(v.Float64())
 	}
-	return 0 // metric not supported by this runtime
+	return 0
 }
 
 // adjust reads the last collection's figures and sets GOGC for the next.
-func (f *Floor) adjust() {
+// It reports whether the floor still runs.
+func (f *Floor) adjust() bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.stopped {
-		return
+		return false
 	}
 	metrics.Read(f.samples)
 	p := Percent(f.floor, f.value(0), f.value(1), f.value(2), f.base)
@@ -153,6 +146,7 @@ func (f *Floor) adjust() {
 		debug.SetGCPercent(p)
 		f.percent = p
 	}
+	return true
 }
 
 // sentinel is unreachable as soon as it is made; the collection after
@@ -167,11 +161,7 @@ type sentinel struct {
 // after each one that follows, until Stop.
 func (f *Floor) watch() {
 	runtime.AddCleanup(new(sentinel), func(f *Floor) {
-		f.adjust()
-		f.mu.Lock()
-		stopped := f.stopped
-		f.mu.Unlock()
-		if !stopped {
+		if f.adjust() {
 			f.watch()
 		}
 	}, f)
