@@ -343,17 +343,26 @@ func backendCut(t *testing.T, s *stack, t0 time.Time, limit time.Duration) {
 	}
 }
 
+// dialNonReader connects with a 4 KiB receive buffer, for a client that
+// will stop reading: the server's writes then block soon. Closed by the
+// test's cleanup.
+func dialNonReader(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.(*net.TCPConn).SetReadBuffer(4 << 10)
+	return c
+}
+
 // slowReadHTTP1: an HTTP/1.1 client that stops reading a 64 MiB answer is
 // cut off at WriteIdleTimeout, and the upstream request with it.
 func slowReadHTTP1(t *testing.T, o Options) {
 	s := startStack(t, o)
 	p := startProber(s.addr)
-	c, err := net.DialTimeout("tcp", s.addr, time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.(*net.TCPConn).SetReadBuffer(4 << 10)
+	c := dialNonReader(t, s.addr)
 	t0 := time.Now()
 	io.WriteString(c, "GET /big HTTP/1.1\r\nHost: sluice\r\n\r\n")
 	backendCut(t, s, t0, 4*time.Second)
@@ -449,12 +458,7 @@ func TestSlowRead(t *testing.T) {
 		// and WriteByteTimeout ends that).
 		s := startStack(t, Options{WriteIdleTimeout: slowLimit, IdleTimeout: time.Second})
 		p := startProber(s.addr)
-		c, err := net.DialTimeout("tcp", s.addr, time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		c.(*net.TCPConn).SetReadBuffer(4 << 10)
+		c := dialNonReader(t, s.addr)
 		t0 := time.Now()
 		ccStalledH2Request(t, c, s.addr, "/big")
 		backendCut(t, s, t0, 4*time.Second)
