@@ -721,8 +721,16 @@ func FuzzWriteRequest(f *testing.F) {
 			if reqHeaderSkip(k) {
 				continue
 			}
-			if !reflect.DeepEqual(got.Header[k], vv) {
-				t.Errorf("header %s: upstream got %q, want %q", k, got.Header[k], vv)
+			// A value can hold edge whitespace (net/http keeps the space
+			// of an obs-fold at its end), but on the wire that is
+			// optional whitespace around the value, which every parser
+			// drops: compare what the upstream can see.
+			want := make([]string, len(vv))
+			for i, v := range vv {
+				want[i] = textproto.TrimString(v)
+			}
+			if !reflect.DeepEqual(got.Header[k], want) {
+				t.Errorf("header %s: upstream got %q, want %q", k, got.Header[k], want)
 			}
 		}
 		for k := range got.Header {
