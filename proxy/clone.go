@@ -3,17 +3,22 @@ package proxy
 import (
 	"context"
 	"net/http"
+	"net/url"
 	"strings"
 )
 
-// cloneRequest makes the outbound request. Header, Trailer and URL are
-// copies: the inbound request is read by middleware and the access log after
-// we return, and the 1xx callback runs on another goroutine, so sharing maps
-// would race. The URL's scheme and host are blanked so an absolute-form
-// request line cannot steer where we dial; each attempt sets them.
-func cloneRequest(ctx context.Context, in *http.Request) *http.Request {
-	out := in.WithContext(ctx)
-	u := *in.URL
+// cloneRequest makes the outbound request in out, with its URL in u: both
+// are fields of the round trip, so the clone costs no allocation of its own.
+// Header, Trailer and URL are copies: the inbound request is read by
+// middleware and the access log after we return, and the 1xx callback runs
+// on another goroutine, so sharing maps would race. The URL's scheme and host
+// are blanked so an absolute-form request line cannot steer where we dial;
+// each attempt sets them.
+func cloneRequest(out *http.Request, u *url.URL, ctx context.Context, in *http.Request) {
+	// WithContext is inlined and its copy does not escape: it lives on the
+	// stack until copied into out.
+	*out = *in.WithContext(ctx)
+	*u = *in.URL
 	u.Scheme, u.Host, u.User = "", "", nil
 	if raw := rawPath(in.RequestURI); raw != "" {
 		// Send the path bytes exactly as the client did: URL.EscapedPath
@@ -22,13 +27,12 @@ func cloneRequest(ctx context.Context, in *http.Request) *http.Request {
 	} else {
 		u.Opaque = "" // only origin-form paths are ever sent
 	}
-	out.URL = &u
+	out.URL = u
 	out.Header = copyHeader(in.Header)
 	out.Trailer = in.Trailer.Clone()
 	out.RequestURI = "" // the transport refuses requests that carry one
 	out.Close = false   // always reuse upstream connections
 	out.TransferEncoding = nil
-	return out
 }
 
 // rawPath returns the path part of a request-target as received, or "" when

@@ -32,8 +32,9 @@ func (h *Handler) trustedPeer(ip netip.Addr) bool {
 // peer every incoming value is replaced; from a trusted one the chain is kept
 // and the peer appended. It returns the client IP: the peer itself, or for a
 // trusted peer the right-most address in the chain that is not a trusted
-// proxy.
-func (h *Handler) setForwarded(in, out *http.Request) netip.Addr {
+// proxy. vals is room for the X-Forwarded-For and -Host values set from an
+// untrusted peer, so they take no allocation of their own.
+func (h *Handler) setForwarded(in, out *http.Request, vals *[2]string) netip.Addr {
 	peer := peerAddr(in.RemoteAddr)
 	trusted := h.trustedPeer(peer)
 	client := peer
@@ -43,20 +44,16 @@ func (h *Handler) setForwarded(in, out *http.Request) netip.Addr {
 		proto = protoHTTPS
 	}
 	if !trusted {
-		// X-Forwarded-For and -Host share one backing array: one
-		// allocation instead of two.
-		vals := make([]string, 0, 2)
 		if peer.IsValid() {
-			vals = append(vals, peerString(in.RemoteAddr, peer))
+			vals[0] = peerString(in.RemoteAddr, peer)
 			out.Header["X-Forwarded-For"] = vals[0:1:1]
 		} else {
 			delete(out.Header, "X-Forwarded-For")
 		}
 		out.Header["X-Forwarded-Proto"] = proto
 		if in.Host != "" {
-			n := len(vals)
-			vals = append(vals, in.Host)
-			out.Header["X-Forwarded-Host"] = vals[n : n+1 : n+1]
+			vals[1] = in.Host
+			out.Header["X-Forwarded-Host"] = vals[1:2:2]
 		} else {
 			delete(out.Header, "X-Forwarded-Host")
 		}

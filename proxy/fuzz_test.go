@@ -156,7 +156,7 @@ func FuzzHopByHop(f *testing.F) {
 		req.Header = in.Clone()
 		req.RemoteAddr = "192.0.2.7:4711"
 		rt := newRoundTrip(h, httptest.NewRecorder(), req)
-		rt.out = cloneRequest(context.Background(), req)
+		rt.out = cloneForTest(req)
 		rt.prepare()
 		set := map[string]bool{
 			"X-Forwarded-For": true, "X-Forwarded-Proto": true, "X-Forwarded-Host": true,
@@ -285,7 +285,7 @@ func FuzzUpgradeToken(f *testing.F) {
 		req.Header = in
 		req.RemoteAddr = "192.0.2.7:4711"
 		rt := newRoundTrip(h, httptest.NewRecorder(), req)
-		rt.out = cloneRequest(context.Background(), req)
+		rt.out = cloneForTest(req)
 		rt.prepare()
 		up, hasUp := rt.out.Header["Upgrade"]
 		if !hasUp {
@@ -383,7 +383,7 @@ func FuzzForwarded(f *testing.F) {
 		orig := in.Header.Clone()
 		out := &http.Request{Header: in.Header.Clone()}
 
-		client := h.setForwarded(in, out)
+		client := h.setForwarded(in, out, new([2]string))
 
 		if !reflect.DeepEqual(in.Header, orig) {
 			t.Fatalf("setForwarded mutated the inbound header: %q", in.Header)
@@ -504,7 +504,7 @@ func FuzzRawPath(f *testing.F) {
 		saved := *in.URL
 		savedURL := in.URL
 		savedHeader := in.Header.Clone()
-		out := cloneRequest(context.Background(), in)
+		out := cloneForTest(in)
 		if in.URL != savedURL || *in.URL != saved || in.RequestURI != target || !reflect.DeepEqual(in.Header, savedHeader) {
 			t.Fatalf("cloneRequest mutated the inbound request: URL %#v, was %#v", *in.URL, saved)
 		}
@@ -680,7 +680,7 @@ func FuzzWriteRequest(f *testing.F) {
 		in.RemoteAddr = "192.0.2.7:4711"
 		h := fuzzHandler(t, Config{})
 		rt := newRoundTrip(h, httptest.NewRecorder(), in)
-		rt.out = cloneRequest(context.Background(), in)
+		rt.out = cloneForTest(in)
 		rt.prepare()
 		out := rt.out
 		out.URL.Scheme, out.URL.Host = "http", "upstream.invalid"
@@ -747,4 +747,12 @@ func FuzzWriteRequest(f *testing.F) {
 			}
 		}
 	})
+}
+
+// cloneForTest makes the outbound request from in as serve does, in
+// storage of its own.
+func cloneForTest(in *http.Request) *http.Request {
+	out, u := new(http.Request), new(url.URL)
+	cloneRequest(out, u, context.Background(), in)
+	return out
 }

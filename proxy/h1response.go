@@ -18,8 +18,11 @@ import (
 // rules are internal/h1strict's, the ones sluice's server applies to
 // requests; FuzzReadResponse checks that whatever the strict reader accepts,
 // http.ReadResponse reads the same way.
-func readResponse(br *bufio.Reader, req *http.Request) (*http.Response, error) {
-	res, ok, err := readResponseStrict(br, req)
+//
+// A response the strict reader parses is built in into, which the caller
+// allocates once per exchange.
+func readResponse(br *bufio.Reader, req *http.Request, into *upstreamResponse) (*http.Response, error) {
+	res, ok, err := readResponseStrict(br, req, into)
 	if ok || err != nil {
 		return res, err
 	}
@@ -29,14 +32,14 @@ func readResponse(br *bufio.Reader, req *http.Request) (*http.Response, error) {
 // readResponseStrict waits for a complete head in br's buffer; ok false
 // with a nil error hands the response to net/http (odd bytes, a head larger
 // than the buffer, framing it does not handle).
-func readResponseStrict(br *bufio.Reader, req *http.Request) (res *http.Response, ok bool, err error) {
+func readResponseStrict(br *bufio.Reader, req *http.Request, into *upstreamResponse) (res *http.Response, ok bool, err error) {
 	for scanned := 0; ; {
 		n := br.Buffered()
 		if n > 0 {
 			b, _ := br.Peek(n)
 			switch end := h1strict.HeadEndFrom(b, max(0, scanned-3)); {
 			case end > 0:
-				if res, ok = parseResponse(b[:end], br, req); ok {
+				if res, ok = parseResponse(b[:end], br, req, into); ok {
 					br.Discard(end)
 				}
 				return res, ok, nil
@@ -61,8 +64,9 @@ func readResponseStrict(br *bufio.Reader, req *http.Request) (res *http.Response
 // responses (200-599) with at most one plain Content-Length, no
 // Transfer-Encoding, Trailer or Pragma, and a Connection of close or
 // keep-alive only; a response whose body would run to the connection's end
-// (no length) is refused too.
-func parseResponse(raw []byte, br *bufio.Reader, req *http.Request) (*http.Response, bool) {
+// (no length) is refused too. The response and its body reader are built in
+// into.
+func parseResponse(raw []byte, br *bufio.Reader, req *http.Request, into *upstreamResponse) (*http.Response, bool) {
 	line, fields, n, ok := h1strict.Split(raw)
 	if !ok {
 		return nil, false
@@ -71,7 +75,8 @@ func parseResponse(raw []byte, br *bufio.Reader, req *http.Request) (*http.Respo
 	if code == 0 {
 		return nil, false
 	}
-	res := &http.Response{
+	res := &into.res
+	*res = http.Response{
 		Status:     line[9:],
 		StatusCode: code,
 		Proto:      "HTTP/1.1",
@@ -82,7 +87,7 @@ func parseResponse(raw []byte, br *bufio.Reader, req *http.Request) (*http.Respo
 	}
 	haveCL := false
 	var cl int64
-	res.Header, ok = h1strict.Fields(fields, n, func(key, value string) (keep, ok bool) {
+	res.Header, ok = h1strict.Fields(fields, n, nil, func(key, value string) (keep, ok bool) {
 		switch key {
 		case "Content-Length":
 			if haveCL {
@@ -119,7 +124,8 @@ func parseResponse(raw []byte, br *bufio.Reader, req *http.Request) (*http.Respo
 		return nil, false // read to the connection's end: net/http's
 	case cl > 0:
 		res.ContentLength = cl
-		res.Body = &lengthBody{br: br, remain: cl}
+		into.length = lengthBody{br: br, remain: cl}
+		res.Body = &into.length
 	}
 	return res, true
 }
@@ -169,6 +175,15 @@ func reasonPhrase(s string) bool {
 	return s[0] == ' ' && !strings.ContainsFunc(s, func(r rune) bool {
 		return r < ' ' && r != '\t' || r == 0x7f
 	})
+}
+
+// upstreamResponse holds a response from an HTTP/1.1 upstream with its body
+// readers: one allocation per exchange where there were three (the
+// response, the Content-Length reader, the transport's h1body).
+type upstreamResponse struct {
+	res    http.Response
+	length lengthBody
+	body   h1body
 }
 
 // lengthBody is a Content-Length body read from the connection's buffer;

@@ -48,7 +48,7 @@ func FuzzReadResponse(f *testing.F) {
 			req.Method = http.MethodHead
 		}
 		br := bufio.NewReaderSize(bytes.NewReader(b), 4096)
-		fast, ok, ferr := readResponseStrict(br, req)
+		fast, ok, ferr := readResponseStrict(br, req, new(upstreamResponse))
 		std, serr := http.ReadResponse(bufio.NewReader(bytes.NewReader(b)), req)
 		if !ok {
 			if ferr != nil {
@@ -106,11 +106,11 @@ func TestReadResponseHandsOver(t *testing.T) {
 		"HTTP/1.1 200 OK\r\n\r\nok",
 	} {
 		br := bufio.NewReader(bytes.NewReader([]byte(raw)))
-		res, ok, err := readResponseStrict(br, req)
+		res, ok, err := readResponseStrict(br, req, new(upstreamResponse))
 		if ok || err != nil {
 			t.Fatalf("strict reader took %q: %v, %v", raw, res, err)
 		}
-		if res, err = readResponse(br, req); err != nil {
+		if res, err = readResponse(br, req, new(upstreamResponse)); err != nil {
 			t.Fatalf("%q: %v", raw, err)
 		}
 		if res.StatusCode != 103 && res.StatusCode != 200 {

@@ -102,9 +102,10 @@ func (t *Transport) exchange(ctx context.Context, c *h1conn, req *http.Request, 
 	}
 	c.headerLimit = t.opts.MaxResponseHeaderBytes
 	var res *http.Response
+	into := new(upstreamResponse)
 	for n := 0; ; n++ {
 		var err error
-		res, err = readResponse(c.br, req)
+		res, err = readResponse(c.br, req, into)
 		if err != nil {
 			if c.readErr != nil && c.readErr != io.EOF {
 				// A deadline or reset cut a line short; bufio handed the
@@ -137,8 +138,9 @@ func (t *Transport) exchange(ctx context.Context, c *h1conn, req *http.Request, 
 	if res.StatusCode == http.StatusSwitchingProtocols {
 		return fail(errUnexpected101)
 	}
-	res.Body = &h1body{t: t, c: c, rc: res.Body, ctx: ctx,
+	into.body = h1body{t: t, c: c, rc: res.Body, ctx: ctx,
 		reusable: !res.Close && !req.Close}
+	res.Body = &into.body
 	return res, nil
 }
 

@@ -33,7 +33,7 @@ func (rt *roundTrip) prepare() {
 	}
 	// After the Connection tokens were removed, so a client cannot strip
 	// the headers we set.
-	rt.sel.ClientIP = h.setForwarded(in, out)
+	rt.sel.ClientIP = h.setForwarded(in, out, &rt.fwdVals)
 	if len(h.headerUp) > 0 {
 		applyHeaderRules(out.Header, h.headerUp)
 		if v, ok := out.Header["Host"]; ok {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptrace"
+	"net/url"
 	"time"
 
 	"github.com/sluiceproxy/sluice/upstream"
@@ -32,6 +33,14 @@ type roundTrip struct {
 	upBytes  int64              // bytes sent upstream through a tunnel
 	err      error              // what went wrong, for the logs
 	abort    bool               // abort the client stream when done
+
+	// Room for the outbound request, its URL and the X-Forwarded values,
+	// so they come with the round trip's allocation instead of three
+	// of their own. Nothing reuses a round trip: whatever still holds
+	// out after serve returns (a Transport goroutine) keeps it alive.
+	outReq  http.Request
+	outURL  url.URL
+	fwdVals [2]string
 }
 
 func newRoundTrip(h *Handler, w http.ResponseWriter, r *http.Request) *roundTrip {
@@ -82,7 +91,8 @@ func (rt *roundTrip) serve() {
 		// Any other RoundTripper learns of 1xx through the context.
 		octx = httptrace.WithClientTrace(octx, &httptrace.ClientTrace{Got1xxResponse: rt.info.got1xx})
 	}
-	rt.out = cloneRequest(octx, rt.in)
+	rt.out = &rt.outReq
+	cloneRequest(rt.out, &rt.outURL, octx, rt.in)
 	rt.prepare()
 	if err := rt.body.init(rt.in, rt.out, h.maxBuffer, &rt.info); err != nil {
 		rt.badBody(err)

@@ -74,9 +74,15 @@ func Split(raw []byte) (start, fields string, n int, ok bool) {
 // values visible ASCII, space, tab or obs-text (trimmed of optional
 // whitespace); obs-fold, bare CR or LF and empty names are refused. check
 // sees every field under its canonical name and says whether to keep it in
-// the map and whether the head is still acceptable.
-func Fields(s string, n int, check func(key, value string) (keep, ok bool)) (http.Header, bool) {
-	h := make(http.Header, n)
+// the map and whether the head is still acceptable. The fields go into
+// into, emptied first, when it is not nil; a new map otherwise.
+func Fields(s string, n int, into http.Header, check func(key, value string) (keep, ok bool)) (http.Header, bool) {
+	h := into
+	if h == nil {
+		h = make(http.Header, n)
+	} else {
+		clear(h)
+	}
 	vals := make([]string, n)
 	for i := 0; ; i++ {
 		eol := indexCRLF(s)

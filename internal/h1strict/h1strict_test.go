@@ -1,6 +1,9 @@
 package h1strict
 
-import "testing"
+import (
+	"net/http"
+	"testing"
+)
 
 func TestHeadEnd(t *testing.T) {
 	for _, c := range []struct {
@@ -43,9 +46,19 @@ func TestContentLength(t *testing.T) {
 
 func TestFields(t *testing.T) {
 	s := "A: 1\r\nb-c:  two \r\nA: 3\r\n\r\n"
-	h, ok := Fields(s, 3, func(key, value string) (bool, bool) { return key != "Drop", true })
+	keep := func(key, value string) (bool, bool) { return key != "Drop", true }
+	h, ok := Fields(s, 3, nil, keep)
 	if !ok || len(h) != 2 || len(h["A"]) != 2 || h["A"][1] != "3" || h.Get("B-C") != "two" {
 		t.Fatalf("Fields = %v, %v", h, ok)
+	}
+	// A map passed in is emptied and filled: what the last head had is gone.
+	into := http.Header{"Old": {"x"}, "A": {"stale"}}
+	h, ok = Fields(s, 3, into, keep)
+	if !ok || len(h) != 2 || len(h["A"]) != 2 || h["A"][0] != "1" || h.Get("B-C") != "two" {
+		t.Fatalf("Fields into a used map = %v, %v", h, ok)
+	}
+	if h["Old"] != nil || len(into) != 2 {
+		t.Fatalf("Fields kept an old field: %v (into %v)", h, into)
 	}
 	for _, bad := range []string{
 		"A: 1\r\n b\r\n\r\n",   // obs-fold
@@ -55,7 +68,7 @@ func TestFields(t *testing.T) {
 		"A: 1\nB: 2\r\n\r\n",   // bare LF
 		"A: 1\r\nB: 2\r\n\r\n", // more lines than counted (n=1)
 	} {
-		if _, ok := Fields(bad, 1, func(string, string) (bool, bool) { return true, true }); ok {
+		if _, ok := Fields(bad, 1, nil, func(string, string) (bool, bool) { return true, true }); ok {
 			t.Errorf("Fields accepted %q", bad)
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -30,13 +31,25 @@ type h1fastConn struct {
 	rdl    connDeadline     // every read deadline goes through setReadDeadline
 	wdl    connDeadline     // every write deadline through h1writer.SetWriteDeadline
 	buf    [pendingMax]byte // backs h1writer.pending
+	// The request and response header maps, emptied and reused by the
+	// next request: one request at a time uses a connection, and no one
+	// may use a request's maps once its handler returned (the
+	// http.Handler contract; the proxy copies what it forwards).
+	reqHeader, respHeader http.Header
 }
+
+// maxReusedFields bounds the header maps a connection keeps for its next
+// request: an odd request with many fields should not pin their memory,
+// or make clearing the map cost more, for the rest of the connection.
+const maxReusedFields = 32
 
 // h1exchange is one request's state, in one allocation.
 type h1exchange struct {
 	ctx  reqCtx
 	w    h1writer
 	body h1body
+	req  http.Request
+	url  url.URL
 }
 
 // Connection states, for a shutdown that closes idle connections only.
@@ -87,7 +100,10 @@ func (c *h1fastConn) serve() {
 		ok := false
 		if n > 0 {
 			raw, _ := c.br.Peek(n)
-			h, ok = parseHead(raw)
+			if c.reqHeader == nil {
+				c.reqHeader = make(http.Header)
+			}
+			h, ok = parseHead(raw, c.reqHeader)
 		}
 		if !ok {
 			s.handOff(c)
@@ -166,9 +182,10 @@ func (c *h1fastConn) serveRequest(h *head) (keep, linger bool) {
 	ex := &h1exchange{}
 	ctx := &ex.ctx
 	ctx.Context, ctx.c = c.ctx, c
+	ex.url = h.url
 	tmpl := http.Request{
 		Method:     h.method,
-		URL:        h.url,
+		URL:        &ex.url,
 		Proto:      "HTTP/1.1",
 		ProtoMajor: 1,
 		ProtoMinor: 1,
@@ -191,9 +208,16 @@ func (c *h1fastConn) serveRequest(h *head) (keep, linger bool) {
 			c.setReadDeadline(time.Time{}) // no header deadline on the body
 		}
 	}
-	req := tmpl.WithContext(ctx)
+	// WithContext is inlined and its copy does not escape: the request
+	// costs no allocation of its own.
+	ex.req = *tmpl.WithContext(ctx)
+	req := &ex.req
+	if c.respHeader == nil {
+		c.respHeader = make(http.Header)
+	}
+	clear(c.respHeader)
 	w := &ex.w
-	w.c, w.req, w.body, w.header, w.cl, w.pending = c, req, body, make(http.Header), -1, c.buf[:0]
+	w.c, w.req, w.body, w.header, w.cl, w.pending = c, req, body, c.respHeader, -1, c.buf[:0]
 	c.cr.begin(ctx)
 
 	panicked := s.runHandler(w, req)
@@ -223,6 +247,12 @@ func (c *h1fastConn) serveRequest(h *head) (keep, linger bool) {
 		return false, false
 	}
 	keep = w.finish()
+	if len(c.reqHeader) > maxReusedFields {
+		c.reqHeader = nil
+	}
+	if len(c.respHeader) > maxReusedFields {
+		c.respHeader = nil
+	}
 	return keep && !unread, unread && w.werr == nil
 }
 

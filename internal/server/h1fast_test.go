@@ -207,6 +207,19 @@ var parseHeadSeeds = []string{
 	"GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n",
 	"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
 	"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+	// Targets: parseTarget's fast way and the ones it leaves to net/url.
+	"GET /a/b.c-d_e~f/$&+,:;=@ HTTP/1.1\r\nHost: x\r\n\r\n",
+	"GET /a? HTTP/1.1\r\nHost: x\r\n\r\n",
+	"GET /a?? HTTP/1.1\r\nHost: x\r\n\r\n",
+	"GET /a?b?c? HTTP/1.1\r\nHost: x\r\n\r\n",
+	"GET /a?q=%zz&r=%41#f HTTP/1.1\r\nHost: x\r\n\r\n",
+	"GET /%41%2f%zz HTTP/1.1\r\nHost: x\r\n\r\n",
+	"GET /a%2Fb HTTP/1.1\r\nHost: x\r\n\r\n",
+	"GET /!*'()[] HTTP/1.1\r\nHost: x\r\n\r\n",
+	"GET /a!b HTTP/1.1\r\nHost: x\r\n\r\n", // one byte EscapedPath encodes
+	"GET /a%b HTTP/1.1\r\nHost: x\r\n\r\n",
+	"GET //x/y HTTP/1.1\r\nHost: x\r\n\r\n",
+	"GET /a#frag HTTP/1.1\r\nHost: x\r\n\r\n",
 	// Request lines.
 	"GET / HTTP/1.0\r\nHost: x\r\n\r\n",
 	"GET / HTTP/1.2\r\nHost: x\r\n\r\n",
@@ -291,7 +304,9 @@ func FuzzParseHead(f *testing.F) {
 			bytes.Count(b[:n], []byte("\r")) != bytes.Count(b[:n], []byte("\r\n")) {
 			t.Fatalf("headEnd(%q) = %d over a lone CR or LF", b, n)
 		}
-		h, ok := parseHead(b[:n])
+		// Into a map a previous request used, as the loop does: nothing
+		// of it may show.
+		h, ok := parseHead(b[:n], http.Header{"Stale": {"x"}, "Host": {"old"}})
 		if !ok {
 			return
 		}
@@ -307,8 +322,7 @@ func FuzzParseHead(f *testing.F) {
 		}
 		diff("Method", h.method, req.Method)
 		diff("Proto", "HTTP/1.1", req.Proto)
-		diff("URL", h.url.String(), req.URL.String())
-		diff("*URL", *h.url, *req.URL)
+		diff("URL", h.url, *req.URL) // every field, parseTarget's fast way included
 		diff("RequestURI", h.target, req.RequestURI)
 		diff("Host", h.host, req.Host)
 		diff("Header", h.header, req.Header)
@@ -807,6 +821,65 @@ func TestH1FastPipelining(t *testing.T) {
 				}
 				if by := res.Header.Get("X-Served-By"); by != m.name {
 					t.Errorf("served by %s", by)
+				}
+			}
+		})
+	}
+}
+
+// TestH1FastFreshHeadersEachRequest: the fast loop reuses a connection's
+// header maps (h1fastConn.reqHeader, respHeader). Nothing of one request's
+// fields, nor of its response's, may show in the next one's, whether the
+// maps were kept (few fields) or let go (more than maxReusedFields).
+func TestH1FastFreshHeadersEachRequest(t *testing.T) {
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var names []string
+		for k := range r.Header {
+			names = append(names, k)
+			w.Header().Set("Echo-"+k, r.Header.Get(k))
+		}
+		slices.Sort(names)
+		io.WriteString(w, strings.Join(names, ","))
+	})
+	many := func(prefix string, n int) (fields string, names []string) {
+		for i := range n {
+			fields += fmt.Sprintf("%s%d: v\r\n", prefix, i)
+			names = append(names, fmt.Sprintf("%s%d", prefix, i))
+		}
+		slices.Sort(names)
+		return fields, names
+	}
+	manyFields, manyNames := many("X-Many-", maxReusedFields+8)
+	for _, m := range h1Modes {
+		t.Run(m.name, func(t *testing.T) {
+			fastMode(t, m)
+			srv := start(t, h, m.o)
+			conn := dialH1(t, srv.addr)
+			br := bufio.NewReader(conn)
+			for i, c := range []struct {
+				fields string
+				want   []string
+			}{
+				{"X-A: 1\r\nX-B: 2\r\n", []string{"X-A", "X-B"}},
+				{"X-C: 3\r\n", []string{"X-C"}},
+				{manyFields, manyNames},
+				{"", nil},
+				{"X-D: 4\r\n", []string{"X-D"}},
+			} {
+				io.WriteString(conn, "GET /"+strconv.Itoa(i)+" HTTP/1.1\r\nHost: x\r\n"+c.fields+"\r\n")
+				res, got := readH1Response(t, br, "GET")
+				if want := strings.Join(c.want, ","); res.StatusCode != 200 || got != want {
+					t.Fatalf("request %d: handler saw fields %q, want %q", i, got, want)
+				}
+				var echoed []string
+				for k := range res.Header {
+					if name, ok := strings.CutPrefix(k, "Echo-"); ok {
+						echoed = append(echoed, name)
+					}
+				}
+				slices.Sort(echoed)
+				if !slices.Equal(echoed, c.want) {
+					t.Fatalf("request %d: response carries Echo- fields for %q, want %q", i, echoed, c.want)
 				}
 			}
 		})

@@ -36,7 +36,7 @@ type head struct {
 	header               http.Header
 	contentLength        int64 // 0 when absent
 	close                bool  // "Connection: close"
-	url                  *url.URL
+	url                  url.URL
 }
 
 // maxFastHeaders bounds the fields of a head the fast loop parses.
@@ -48,7 +48,9 @@ func headEnd(b []byte) int { return h1strict.HeadEnd(b) }
 // parseHead parses raw, a complete head ending in CRLF CRLF. ok is false
 // when the request is not one for the fast loop (see above); nothing is
 // reported then, net/http will say what is wrong, if anything is.
-func parseHead(raw []byte) (h head, ok bool) {
+//
+// The header fields go into header, emptied first (see h1fastConn.maps).
+func parseHead(raw []byte, header http.Header) (h head, ok bool) {
 	line, fields, n, ok := h1strict.Split(raw)
 	if !ok {
 		return h, false
@@ -56,14 +58,12 @@ func parseHead(raw []byte) (h head, ok bool) {
 	if h.method, h.target, ok = requestLine(line); !ok {
 		return h, false
 	}
-	u, err := url.ParseRequestURI(h.target)
-	if err != nil {
+	if h.url, ok = parseTarget(h.target); !ok {
 		return h, false
 	}
-	h.url = u
 
 	haveHost, haveCL := false, false
-	h.header, ok = h1strict.Fields(fields, n, func(key, value string) (keep, ok bool) {
+	h.header, ok = h1strict.Fields(fields, n, header, func(key, value string) (keep, ok bool) {
 		switch key {
 		case "Host":
 			if haveHost || !httpguts.ValidHostHeader(value) {
@@ -119,6 +119,40 @@ func requestLine(line string) (method, target string, ok bool) {
 		return "", "", false
 	}
 	return method, target, true
+}
+
+// parseTarget parses an origin-form target as url.ParseRequestURI does,
+// without its allocation in the common case: a path of characters that
+// neither unescaping nor EscapedPath would change, and any query. Other
+// targets (percent-escapes, characters URL.EscapedPath would encode) take
+// url.ParseRequestURI's way. target is visible ASCII and starts with '/'
+// (requestLine).
+func parseTarget(target string) (url.URL, bool) {
+	path, query, hasQuery := strings.Cut(target, "?")
+	for i := 0; i < len(path); i++ {
+		if !plainPathByte(path[i]) {
+			u, err := url.ParseRequestURI(target)
+			if err != nil {
+				return url.URL{}, false
+			}
+			return *u, true
+		}
+	}
+	if hasQuery && query == "" { // "/p?": the only '?' is the last byte
+		return url.URL{Path: path, ForceQuery: true}, true
+	}
+	return url.URL{Path: path, RawQuery: query}, true
+}
+
+// plainPathByte reports whether c stands for itself in a path: not '%', and
+// not a byte URL.EscapedPath would escape (RFC 3986 unreserved, sub-delims
+// that stay, ':', '@' and '/').
+func plainPathByte(c byte) bool {
+	switch {
+	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		return true
+	}
+	return strings.IndexByte("-_.~$&+,/:;=@", c) >= 0
 }
 
 // requestLineSoFar reports whether b, the start of a head without its end
