@@ -7,14 +7,14 @@ import (
 	"strings"
 )
 
-// cloneRequest makes the outbound request in out, with its URL in u: both
-// are fields of the round trip, so the clone costs no allocation of its own.
-// Header, Trailer and URL are copies: the inbound request is read by
+// cloneRequest makes the outbound request from in: into out, with its URL
+// in u, both fields of the round trip, so the clone costs no allocation of
+// its own. Header, Trailer and URL are copies: the inbound request is read by
 // middleware and the access log after we return, and the 1xx callback runs
 // on another goroutine, so sharing maps would race. The URL's scheme and host
 // are blanked so an absolute-form request line cannot steer where we dial;
 // each attempt sets them.
-func cloneRequest(out *http.Request, u *url.URL, ctx context.Context, in *http.Request) {
+func cloneRequest(ctx context.Context, in, out *http.Request, u *url.URL) {
 	// WithContext is inlined and its copy does not escape: it lives on the
 	// stack until copied into out.
 	*out = *in.WithContext(ctx)

@@ -753,6 +753,6 @@ func FuzzWriteRequest(f *testing.F) {
 // storage of its own.
 func cloneForTest(in *http.Request) *http.Request {
 	out, u := new(http.Request), new(url.URL)
-	cloneRequest(out, u, context.Background(), in)
+	cloneRequest(context.Background(), in, out, u)
 	return out
 }

@@ -92,7 +92,7 @@ func (rt *roundTrip) serve() {
 		octx = httptrace.WithClientTrace(octx, &httptrace.ClientTrace{Got1xxResponse: rt.info.got1xx})
 	}
 	rt.out = &rt.outReq
-	cloneRequest(rt.out, &rt.outURL, octx, rt.in)
+	cloneRequest(octx, rt.in, rt.out, &rt.outURL)
 	rt.prepare()
 	if err := rt.body.init(rt.in, rt.out, h.maxBuffer, &rt.info); err != nil {
 		rt.badBody(err)

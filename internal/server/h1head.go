@@ -49,7 +49,7 @@ func headEnd(b []byte) int { return h1strict.HeadEnd(b) }
 // when the request is not one for the fast loop (see above); nothing is
 // reported then, net/http will say what is wrong, if anything is.
 //
-// The header fields go into header, emptied first (see h1fastConn.maps).
+// The header fields go into header, emptied first (h1fastConn.reqHeader).
 func parseHead(raw []byte, header http.Header) (h head, ok bool) {
 	line, fields, n, ok := h1strict.Split(raw)
 	if !ok {
