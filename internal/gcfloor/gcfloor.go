@@ -62,7 +62,7 @@ type Floor struct {
 	samples []metrics.Sample
 
 	mu      sync.Mutex
-	stopped bool // true from Start on for a floor that does nothing
+	stopped bool // after Stop, and from Start on for a floor that does nothing
 	percent int  // last set
 }
 
