@@ -764,7 +764,8 @@ done
 
 # ---- report ---------------------------------------------------------------------------
 # Per workload and target: the median over rounds of every figure, the worst
-# (largest) peak RSS, the sum of errors, and the spread of the headline figure.
+# (largest) peak RSS, the sum of errors, the spread of the headline figure, and
+# the lowest and highest p99 of a round.
 summarize() {
 	awk -F'\t' -v hz="$CLK_TCK" '
 	function median(list,    n, a, i, j, t) {
@@ -789,6 +790,11 @@ summarize() {
 		rps = $5 + 0
 		if (!(key in lo) || rps < lo[key]) lo[key] = rps
 		if (!(key in hi) || rps > hi[key]) hi[key] = rps
+		if ($7 != "-") {
+			p99 = $7 + 0
+			if (!(key in lo99) || p99 < lo99[key]) lo99[key] = p99
+			if (!(key in hi99) || p99 > hi99[key]) hi99[key] = p99
+		}
 	}
 	END {
 		for (i = 1; i <= n; i++) {
@@ -798,7 +804,8 @@ summarize() {
 			m = median(L[key SUBSEP "rps"])
 			spread = (m > 0) ? (hi[key] - lo[key]) / m * 100 : 0
 			print kt[1], kt[2], "ok", m, median(L[key SUBSEP "p50"]), median(L[key SUBSEP "p99"]), median(L[key SUBSEP "p999"]),
-				median(L[key SUBSEP "pcpu"]), median(L[key SUBSEP "bcpu"]), (key in hwm ? hwm[key] : "-"), err[key] + failed[key], spread
+				median(L[key SUBSEP "pcpu"]), median(L[key SUBSEP "bcpu"]), (key in hwm ? hwm[key] : "-"), err[key] + failed[key], spread,
+				(key in lo99 ? lo99[key] : "-"), (key in hi99 ? hi99[key] : "-")
 		}
 	}' "$RESULTS"
 }
@@ -823,6 +830,7 @@ render() {
 		if ($3 != "ok") next
 		rps[w, t] = $4; p50[w, t] = $5; p99[w, t] = $6; p999[w, t] = $7
 		pcpu[w, t] = $8; bcpu[w, t] = $9; hwm[w, t] = $10; err[w, t] = $11; spr[w, t] = $12
+		lo99[w, t] = $13; hi99[w, t] = $14
 	}
 	END {
 		title["small"] = "Small GET, HTTP/1.1 keep-alive (wrk -t1 -c" ENVIRON["SMALL_CONNS"] ", ~100-byte body)"
@@ -837,8 +845,8 @@ render() {
 			sp = (rounds > 1) ? " spread |" : ""
 			spd = (rounds > 1) ? "---:|" : ""
 			if (w == "fixed") {
-				print "| target | achieved req/s | p50 | p99 | p99.9 | p99 ×direct | p99 ×sluice | proxy CPU µs/req | CPU ×sluice | backend CPU µs/req | peak RSS MiB | errors |"
-				print "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+				print "| target | achieved req/s | p50 | p99 | p99.9 | p99 ×direct | p99 ×sluice | proxy CPU µs/req | CPU ×sluice | backend CPU µs/req | peak RSS MiB | errors |" (rounds > 1 ? " p99 of the rounds |" : "")
+				print "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" spd
 			} else if (w == "1m") {
 				print "| target | MiB/s | ×direct | ×sluice | p50 | p99 | proxy CPU ms/MiB | CPU ×sluice | backend CPU ms/MiB | peak RSS MiB | errors |" sp
 				print "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" spd
@@ -850,7 +858,7 @@ render() {
 			for (j = 1; j <= n; j++) {
 				t = ts[j]
 				if (st[w, t] != "ok") {
-					cols = (w == "fixed") ? 12 : 11 + (rounds > 1)
+					cols = ((w == "fixed") ? 12 : 11) + (rounds > 1)
 					line = "| " t " | " (st[w, t] == "na" ? "n/a" : "failed") " |"
 					for (k = 3; k <= cols; k++) line = line " — |"
 					print line
@@ -862,9 +870,11 @@ render() {
 				else { pc = num(pcpu[w, t], "%.1f"); bc = num(bcpu[w, t], "%.1f") }
 				cs = (s != "" && pcpu[w, t] != "-") ? ratio(pcpu[w, t], pcpu[w, s]) : "—"
 				if (w == "fixed") {
-					printf "| %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d |\n", t, rps[w, t], lat(p50[w, t]), lat(p99[w, t]), lat(p999[w, t]),
+					printf "| %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d |", t, rps[w, t], lat(p50[w, t]), lat(p99[w, t]), lat(p999[w, t]),
 						(d != "" ? ratio(p99[w, t], p99[w, d]) : "—"), (s != "" ? ratio(p99[w, t], p99[w, s]) : "—"),
 						pc, cs, bc, mib(hwm[w, t]), err[w, t]
+					if (rounds > 1) printf " %s |", (lo99[w, t] == "-" ? "—" : lat(lo99[w, t]) " – " lat(hi99[w, t]))
+					printf "\n"
 				} else {
 					printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d |", t, sprintf("%.0f", rps[w, t]),
 						(d != "" ? ratio(rps[w, t], rps[w, d]) : "—"), (s != "" ? ratio(rps[w, t], rps[w, s]) : "—"),
@@ -876,6 +886,32 @@ render() {
 			print ""
 		}
 	}'
+}
+
+# paired_p99: the fixed-rate p99 round by round. The targets of a round run
+# back to back, under the same conditions, so counting the rounds in which
+# sluice was at or below another target says more than two medians of a few
+# noisy rounds do.
+paired_p99() {
+	awk -F'\t' '$1 == "fixed" && $4 != "na" && $4 != "-" && $7 != "-" {
+		if (!($2 in seen)) { seen[$2] = 1; order[++n] = $2 }
+		p[$2, $3] = $7 + 0; rounds[$3] = 1
+	}
+	END {
+		for (i = 1; i <= n; i++) {
+			s = order[i]
+			if (s !~ /^sluice/) continue
+			line = ""
+			for (j = 1; j <= n; j++) {
+				t = order[j]
+				if (t ~ /^sluice/ || t == "direct") continue
+				k = 0; m = 0
+				for (r in rounds) if (((s, r) in p) && ((t, r) in p)) { m++; if (p[s, r] <= p[t, r]) k++ }
+				if (m) line = line (line == "" ? "" : ", ") t "\047s in " k " of " m
+			}
+			if (line != "") print "- " s "\047s p99 was at or below " line " rounds"
+		}
+	}' "$RESULTS"
 }
 
 versions() {
@@ -923,6 +959,15 @@ versions() {
 	echo
 	export SMALL_CONNS BIG_CONNS H2_CONNS H2_STREAMS FIXED_RATE FIXED_CONNS
 	render
+	if [ "$ROUNDS" -gt 1 ] && printf '%s\n' "${WORKLOADS[@]}" | grep -qx fixed; then
+		paired=$(paired_p99)
+		if [ -n "$paired" ]; then
+			echo "Fixed rate, round by round (the targets of a round run back to back):"
+			echo
+			echo "$paired"
+			echo
+		fi
+	fi
 	echo "CPU = utime+stime of the target's processes (the backend's, in the backend column) over the measured run," \
 		"divided by requests completed; peak RSS = VmHWM summed over the target's processes (reset before each run)." \
 		"×direct / ×sluice = this row divided by that row. The machine is shared and noisy: compare ratios within one run, not absolute figures across runs."
