@@ -918,6 +918,14 @@ versions() {
 	local v
 	printf -- '- machine: %s cores, %s, kernel %s\n' "$(nproc)" \
 		"$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || echo unknown CPU)" "$(uname -r)"
+	# How an idle CPU sleeps moves the fixed-rate latency of every target more
+	# than most code changes do (docs/performance.md, "Idle CPUs on a virtual
+	# machine").
+	local idle
+	idle=$(cat /sys/devices/system/cpu/cpuidle/current_driver 2>/dev/null || echo unknown)
+	[ ! -r /sys/module/haltpoll/parameters/guest_halt_poll_ns ] ||
+		idle="$idle, guest_halt_poll_ns $(cat /sys/module/haltpoll/parameters/guest_halt_poll_ns)"
+	printf -- '- cpuidle driver: %s\n' "$idle"
 	printf -- '- go: %s\n' "$(go version | awk '{print $3}')"
 	if has_target sluice || has_target sluice+features; then
 		v=$(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo "no commit")
