@@ -155,6 +155,11 @@ func newRetryBudget(ratio float64, minPerSecond int) *retryBudget {
 }
 
 func (b *retryBudget) deposit() {
+	// A full bucket, the usual state, is only read: every request writing
+	// the shared counter would bounce its cache line between CPUs.
+	if b.tokens.Load() >= b.capMilli {
+		return
+	}
 	if b.tokens.Add(b.ratioMilli) > b.capMilli {
 		b.tokens.Store(b.capMilli)
 	}
