@@ -2,6 +2,7 @@ package main
 
 import (
 	"io"
+	"log/slog"
 	"sync"
 	"time"
 )
@@ -149,4 +150,32 @@ func (l *bufferedLog) Close() error {
 	l.closed = true
 	l.turn.Broadcast() // a line waiting for the spare is written at once now
 	return l.err
+}
+
+// failureReporter passes writes through to the access log's destination
+// and tells the process log when they start failing and when they work
+// again, once each: the access logger drops a line it cannot write (its
+// request is already answered), and a full disk must not go unnoticed, nor
+// flood the log with one error per line.
+type failureReporter struct {
+	w   io.Writer
+	log *slog.Logger
+
+	mu      sync.Mutex
+	failing bool
+}
+
+func (r *failureReporter) Write(p []byte) (int, error) {
+	n, err := r.w.Write(p)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch {
+	case err != nil && !r.failing:
+		r.failing = true
+		r.log.Error("access log: write failed; access lines are lost until it works again", "err", err)
+	case err == nil && r.failing:
+		r.failing = false
+		r.log.Info("access log: writing again")
+	}
+	return n, err
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"testing"
@@ -176,5 +177,40 @@ func TestBufferedLogReportsWriteErrorOnClose(t *testing.T) {
 	bl.Write([]byte("late\n"))
 	if got := strings.Join(dst.all(), ""); got != "one\nlate\n" {
 		t.Fatalf("file has %q", got)
+	}
+}
+
+// A failing access log is reported once when it starts failing and once
+// when it works again, not once per line.
+func TestAccessLogFailureReportedOncePerEpisode(t *testing.T) {
+	var procLog syncBuffer
+	dst := writeRecorder{}
+	r := &failureReporter{w: &dst, log: slog.New(slog.NewTextHandler(&procLog, nil))}
+	write := func(line string, fail bool) {
+		dst.mu.Lock()
+		dst.err = nil
+		if fail {
+			dst.err = errors.New("no space left on device")
+		}
+		dst.mu.Unlock()
+		r.Write([]byte(line))
+	}
+	write("ok-1\n", false)
+	for range 5 {
+		write("lost\n", true)
+	}
+	write("ok-2\n", false)
+	write("ok-3\n", false)
+	write("lost-again\n", true)
+
+	got := procLog.String()
+	if n := strings.Count(got, "level=ERROR"); n != 2 {
+		t.Errorf("%d error lines for two failure episodes, want 2:\n%s", n, got)
+	}
+	if n := strings.Count(got, "access log: writing again"); n != 1 {
+		t.Errorf("%d recovery lines, want 1:\n%s", n, got)
+	}
+	if !strings.Contains(got, "no space left on device") {
+		t.Errorf("the error lines do not say what failed:\n%s", got)
 	}
 }

@@ -122,14 +122,18 @@ func startProxy(t *testing.T, stdout io.Writer, args ...string) (string, func() 
 }
 
 // startProxyEnv is startProxy with more of the env set by the caller
-// (stderr and ready are its own).
+// (ready is its own, and stderr too unless the caller sets it).
 func startProxyEnv(t *testing.T, e env, args ...string) (string, func() int) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	addrc := make(chan net.Addr, 1)
 	done := make(chan int, 1)
-	var stderr syncBuffer
-	e.stderr, e.ready = &stderr, func(a net.Addr) { addrc <- a }
+	stderr, _ := e.stderr.(*syncBuffer)
+	if e.stderr == nil {
+		stderr = new(syncBuffer)
+		e.stderr = stderr
+	}
+	e.ready = func(a net.Addr) { addrc <- a }
 	go func() {
 		done <- run(ctx, append([]string{"proxy", "--from", "127.0.0.1:0"}, args...), e)
 	}()
@@ -349,5 +353,50 @@ func TestDemoRunsUntilCancelled(t *testing.T) {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("demo output lacks %q:\n%s", want, out.String())
 		}
+	}
+}
+
+// An access log that cannot be written is reported on the process log,
+// once, while the requests it describes are answered as usual.
+func TestProxyAccessLogWriteFailureReported(t *testing.T) {
+	be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "ok")
+	}))
+	defer be.Close()
+	for _, buffer := range []string{"64KiB", "0"} {
+		t.Run("buffer="+buffer, func(t *testing.T) {
+			full := &writeRecorder{err: errors.New("no space left on device")}
+			var stderr syncBuffer
+			addr, stop := startProxyEnv(t, env{stdout: full, stderr: &stderr},
+				"--to", be.URL, "--access-log", "-", "--access-log-buffer", buffer)
+			tr := &http.Transport{}
+			defer tr.CloseIdleConnections()
+			c := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+			for i := range 3 {
+				res, err := c.Get("http://" + addr + "/")
+				if err != nil {
+					t.Fatal(err)
+				}
+				b, _ := io.ReadAll(res.Body)
+				res.Body.Close()
+				if res.StatusCode != 200 || string(b) != "ok" {
+					t.Fatalf("request %d: %d %q", i, res.StatusCode, b)
+				}
+			}
+			tr.CloseIdleConnections()
+			if code := stop(); code != 0 {
+				t.Fatalf("exit %d: %s", code, stderr.String())
+			}
+			logs := stderr.String()
+			if n := strings.Count(logs, "access log: write failed"); n != 1 {
+				t.Fatalf("%d reports of the failing access log, want 1:\n%s", n, logs)
+			}
+			if !strings.Contains(logs, "no space left on device") {
+				t.Fatalf("the report does not say what failed:\n%s", logs)
+			}
+			if got := strings.Count(strings.Join(full.all(), ""), "\n"); got != 3 {
+				t.Fatalf("%d access lines attempted, want 3", got)
+			}
+		})
 	}
 }

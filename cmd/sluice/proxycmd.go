@@ -44,6 +44,7 @@ func runProxy(ctx context.Context, o proxyOptions, e env) error {
 			defer f.Close()
 			w = f
 		}
+		w = &failureReporter{w: w, log: log}
 		if o.AccessLogBuffer > 0 {
 			bl := newBufferedLog(w, int(o.AccessLogBuffer))
 			defer bl.Close() // before the file closes: defers run last-in first-out
