@@ -32,6 +32,12 @@ const (
 )
 
 func main() {
+	// A server must outlive whatever reads its output: by default Go exits
+	// on SIGPIPE when standard output or error is a closed pipe, so
+	// "sluice proxy --access-log - | shipper" would die with its log
+	// shipper. Ignored, the write fails with EPIPE, the line is dropped and
+	// the process log says so (failureReporter), as nginx and HAProxy do.
+	signal.Ignore(syscall.SIGPIPE)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	// After the first signal the default behaviour comes back, so a second
 	// Ctrl-C ends the process at once instead of waiting for the grace

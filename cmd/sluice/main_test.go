@@ -10,9 +10,11 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -20,7 +22,15 @@ import (
 	"go.uber.org/goleak"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	if os.Getenv(runMainEnv) == "1" { // the test binary as sluice itself (runMainProcess)
+		main()
+		return
+	}
+	goleak.VerifyTestMain(m)
+}
+
+const runMainEnv = "SLUICE_TEST_RUN_MAIN"
 
 // syncBuffer is a bytes.Buffer safe for the server's goroutines to write
 // while the test reads.
@@ -398,5 +408,109 @@ func TestProxyAccessLogWriteFailureReported(t *testing.T) {
 				t.Fatalf("%d access lines attempted, want 3", got)
 			}
 		})
+	}
+}
+
+// A closed pipe on standard output does not end the server: the access
+// log's write fails, the process log says so, and requests are answered.
+// Run as a process of its own, since what is tested is main's signal setup.
+func TestProxySurvivesClosedStdoutPipe(t *testing.T) {
+	be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "ok")
+	}))
+	defer be.Close()
+	stdoutR, stdoutW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdoutR.Close() // the reader is gone before the first access line
+	stderrR, stderrW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], "proxy", "--from", "127.0.0.1:0", "--to", be.URL,
+		"--access-log", "-", "--access-log-buffer", "0", "--log-format", "json")
+	cmd.Env = append(os.Environ(), runMainEnv+"=1")
+	cmd.Stdout, cmd.Stderr = stdoutW, stderrW
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	stdoutW.Close()
+	stderrW.Close()
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer func() {
+		cmd.Process.Kill()
+		<-exited
+	}()
+
+	// The process log, line by line: the listening address, then reports.
+	lines := make(chan map[string]any)
+	testDone := make(chan struct{})
+	defer close(testDone)
+	go func() {
+		defer stderrR.Close()
+		defer close(lines)
+		sc := bufio.NewScanner(stderrR)
+		for sc.Scan() {
+			var m map[string]any
+			if json.Unmarshal(sc.Bytes(), &m) != nil {
+				continue
+			}
+			select {
+			case lines <- m:
+			case <-testDone: // read on to EOF, so the process never blocks on its log
+			}
+		}
+	}()
+	next := func(msg string) map[string]any {
+		t.Helper()
+		timeout := time.After(10 * time.Second)
+		for {
+			select {
+			case m, ok := <-lines:
+				if !ok {
+					t.Fatalf("process log ended before %q (exit: %v)", msg, cmd.ProcessState)
+				}
+				if m["msg"] == msg {
+					return m
+				}
+			case <-timeout:
+				t.Fatalf("no %q in the process log within 10s", msg)
+			}
+		}
+	}
+	addr, _ := next("listening")["addr"].(string)
+
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	for i := range 3 {
+		res, err := c.Get("http://" + addr + "/")
+		if err != nil {
+			t.Fatalf("request %d after the pipe closed: %v", i, err)
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != 200 || string(b) != "ok" {
+			t.Fatalf("request %d: %d %q", i, res.StatusCode, b)
+		}
+	}
+	report := next("access log: write failed; access lines are lost until it works again")
+	if e, _ := report["err"].(string); !strings.Contains(e, "broken pipe") {
+		t.Errorf("the report says %q, want the broken pipe", e)
+	}
+	tr.CloseIdleConnections()
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		exited <- err // for the deferred Kill's wait
+		if err != nil {
+			t.Fatalf("sluice exited with %v after SIGTERM, want 0", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("sluice did not stop within 20s of SIGTERM")
 	}
 }
