@@ -382,17 +382,7 @@ func TestProxyAccessLogWriteFailureReported(t *testing.T) {
 			tr := &http.Transport{}
 			defer tr.CloseIdleConnections()
 			c := &http.Client{Transport: tr, Timeout: 5 * time.Second}
-			for i := range 3 {
-				res, err := c.Get("http://" + addr + "/")
-				if err != nil {
-					t.Fatal(err)
-				}
-				b, _ := io.ReadAll(res.Body)
-				res.Body.Close()
-				if res.StatusCode != 200 || string(b) != "ok" {
-					t.Fatalf("request %d: %d %q", i, res.StatusCode, b)
-				}
-			}
+			getEachOK(t, c, "http://"+addr+"/", 3, "ok")
 			tr.CloseIdleConnections()
 			if code := stop(); code != 0 {
 				t.Fatalf("exit %d: %s", code, stderr.String())
@@ -485,17 +475,7 @@ func TestProxySurvivesClosedStdoutPipe(t *testing.T) {
 	tr := &http.Transport{}
 	defer tr.CloseIdleConnections()
 	c := &http.Client{Transport: tr, Timeout: 5 * time.Second}
-	for i := range 3 {
-		res, err := c.Get("http://" + addr + "/")
-		if err != nil {
-			t.Fatalf("request %d after the pipe closed: %v", i, err)
-		}
-		b, _ := io.ReadAll(res.Body)
-		res.Body.Close()
-		if res.StatusCode != 200 || string(b) != "ok" {
-			t.Fatalf("request %d: %d %q", i, res.StatusCode, b)
-		}
-	}
+	getEachOK(t, c, "http://"+addr+"/", 3, "ok") // after the pipe closed
 	report := next("access log: write failed; access lines are lost until it works again")
 	if e, _ := report["err"].(string); !strings.Contains(e, "broken pipe") {
 		t.Errorf("the report says %q, want the broken pipe", e)
@@ -512,5 +492,22 @@ func TestProxySurvivesClosedStdoutPipe(t *testing.T) {
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("sluice did not stop within 20s of SIGTERM")
+	}
+}
+
+// getEachOK makes n GETs of url and fails the test unless each is a 200
+// with body want.
+func getEachOK(t *testing.T, c *http.Client, url string, n int, want string) {
+	t.Helper()
+	for i := range n {
+		res, err := c.Get(url)
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != 200 || string(b) != want {
+			t.Fatalf("request %d: %d %q, want 200 %q", i, res.StatusCode, b, want)
+		}
 	}
 }
