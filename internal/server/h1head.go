@@ -130,7 +130,7 @@ func requestLine(line string) (method, target string, ok bool) {
 func parseTarget(target string) (url.URL, bool) {
 	path, query, hasQuery := strings.Cut(target, "?")
 	for i := 0; i < len(path); i++ {
-		if !plainPathByte(path[i]) {
+		if !plainPathBytes[path[i]] {
 			u, err := url.ParseRequestURI(target)
 			if err != nil {
 				return url.URL{}, false
@@ -144,16 +144,23 @@ func parseTarget(target string) (url.URL, bool) {
 	return url.URL{Path: path, RawQuery: query}, true
 }
 
-// plainPathByte reports whether c stands for itself in a path: not '%', and
-// not a byte URL.EscapedPath would escape (RFC 3986 unreserved, sub-delims
-// that stay, ':', '@' and '/').
-func plainPathByte(c byte) bool {
-	switch {
-	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
-		return true
+// plainPathBytes marks the bytes that stand for themselves in a path: not
+// '%', and not a byte URL.EscapedPath would escape (RFC 3986 unreserved,
+// sub-delims that stay, ':', '@' and '/'). A table: parseTarget looks up
+// every byte of every request's path.
+var plainPathBytes = func() (t [256]bool) {
+	for c := '0'; c <= '9'; c++ {
+		t[c] = true
 	}
-	return strings.IndexByte("-_.~$&+,/:;=@", c) >= 0
-}
+	for c := 'a'; c <= 'z'; c++ {
+		t[c] = true
+		t[c-'a'+'A'] = true
+	}
+	for _, c := range "-_.~$&+,/:;=@" {
+		t[c] = true
+	}
+	return t
+}()
 
 // requestLineSoFar reports whether b, the start of a head without its end
 // yet, can still be a request the fast loop serves: once its first line is
