@@ -27,7 +27,7 @@ type h1conn struct {
 	reused        bool
 
 	peekBuf  [1]byte
-	peekFn   func(fd uintptr) bool // built once per connection: no allocation per check
+	peekFn   func(fd uintptr) // built once per connection: no allocation per check
 	peekDead bool
 
 	// One exchange's deadlines and client watch (h1watch.go).
@@ -36,6 +36,7 @@ type h1conn struct {
 	window      bool            // the fast window's deadline is set
 	windowWrite bool            // ... on writes too
 	windowEnd   time.Time
+	readDL      time.Time // the socket's read deadline as last set, zero for none
 	inHeaders   bool
 	hdrDeadline time.Time // zero: no response header timeout
 }
@@ -96,7 +97,9 @@ func (c *h1conn) alive() bool {
 		return true
 	}
 	c.peekDead = false
-	if err := c.raw.Read(c.peekFn); err != nil {
+	// Control, not Read: the peek never waits, and Read would refuse to
+	// run past the read deadline an idle connection keeps (h1watch.go).
+	if err := c.raw.Control(c.peekFn); err != nil {
 		return false
 	}
 	return !c.peekDead

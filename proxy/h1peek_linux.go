@@ -7,7 +7,7 @@ import (
 
 // peek runs on the connection's descriptor: a non-blocking MSG_PEEK read
 // that finds EOF, a reset, or unsolicited bytes without consuming anything.
-func (c *h1conn) peek(fd uintptr) bool {
+func (c *h1conn) peek(fd uintptr) {
 	n, _, errno := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd,
 		uintptr(unsafe.Pointer(&c.peekBuf[0])), 1,
 		syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
@@ -20,5 +20,4 @@ func (c *h1conn) peek(fd uintptr) bool {
 		_ = n
 		c.peekDead = true
 	}
-	return true
 }

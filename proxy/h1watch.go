@@ -12,8 +12,15 @@ import (
 // with a short deadline instead (fastWindow); only when I/O is still
 // blocked at its end does the connection escalate: it checks the context,
 // registers the watch and puts the real deadlines in place, and the I/O
-// carries on where it stopped. A small GET answered within the window costs
-// one deadline set and one clear, as the header timeout alone did before.
+// carries on where it stopped.
+//
+// Setting a deadline takes the poller's lock and resets a runtime timer,
+// twice per exchange if each one set and cleared its own. So the window's
+// read deadline stays on the connection when the exchange ends, and the
+// next exchange keeps it while at least half a window is left: a busy
+// connection sets it about once per fastWindow/2 instead of twice per
+// request. A shorter window only means an earlier check of the client.
+// The idle connection's liveness peek ignores deadlines (h1conn.alive).
 
 // fastWindow is how long an exchange runs before it watches the client's
 // context: the longest a client's leaving can go unnoticed.
@@ -34,6 +41,7 @@ func (c *h1conn) beginExchange(ctx context.Context, eager bool) {
 	c.hdrDeadline = time.Time{}
 	c.windowWrite = false
 	if eager {
+		c.setReadDeadline(time.Time{}) // a window's, left by an earlier exchange
 		if ctx.Done() == nil {
 			c.ctx, c.window = nil, false // nobody can leave: nothing to watch
 			return
@@ -46,8 +54,19 @@ func (c *h1conn) beginExchange(ctx context.Context, eager bool) {
 	// someone asks for it (sluice's own HTTP/1 loop does), and the point
 	// of the window is that most exchanges never ask.
 	c.ctx, c.window = ctx, true
-	c.windowEnd = time.Now().Add(fastWindow)
-	c.nc.SetReadDeadline(c.windowEnd)
+	if now := time.Now(); c.readDL.IsZero() || c.readDL.Sub(now) < fastWindow/2 {
+		c.setReadDeadline(now.Add(fastWindow))
+	}
+	c.windowEnd = c.readDL
+}
+
+// setReadDeadline sets the socket's read deadline unless it is set to t
+// already.
+func (c *h1conn) setReadDeadline(t time.Time) {
+	if !t.Equal(c.readDL) {
+		c.nc.SetReadDeadline(t)
+		c.readDL = t
+	}
 }
 
 // beforeWrite gives a write that might block the window's deadline.
@@ -67,11 +86,11 @@ func (c *h1conn) startHeaders(d time.Duration) error {
 	c.hdrDeadline = time.Now().Add(d)
 	if c.window {
 		if c.hdrDeadline.Before(c.windowEnd) {
-			c.nc.SetReadDeadline(c.hdrDeadline)
+			c.setReadDeadline(c.hdrDeadline)
 		}
 		return nil
 	}
-	c.nc.SetReadDeadline(c.hdrDeadline)
+	c.setReadDeadline(c.hdrDeadline)
 	return c.recheck()
 }
 
@@ -82,7 +101,7 @@ func (c *h1conn) endHeaders() error {
 	if c.window || c.hdrDeadline.IsZero() {
 		return nil
 	}
-	c.nc.SetReadDeadline(time.Time{})
+	c.setReadDeadline(time.Time{})
 	return c.recheck()
 }
 
@@ -114,9 +133,9 @@ func (c *h1conn) windowExpired(err error) (bool, error) {
 		c.windowWrite = false
 	}
 	if c.inHeaders && !c.hdrDeadline.IsZero() {
-		c.nc.SetReadDeadline(c.hdrDeadline)
+		c.setReadDeadline(c.hdrDeadline)
 	} else {
-		c.nc.SetReadDeadline(time.Time{})
+		c.setReadDeadline(time.Time{})
 	}
 	// Set after the deadlines above, so a watch that runs at once (the
 	// client just left) has the last word.
@@ -142,9 +161,9 @@ func (c *h1conn) tryAgain(err error) (bool, error) {
 
 func (c *h1conn) abortIO() { c.nc.SetDeadline(aLongTimeAgo) }
 
-// endExchange stops the watch and clears the window's deadlines. It
-// reports false when the watch fired: its past deadline poisons the
-// connection.
+// endExchange stops the watch and clears the window's write deadline; its
+// read deadline stays for the next exchange (see above). It reports false
+// when the watch fired: its past deadline poisons the connection.
 func (c *h1conn) endExchange() bool {
 	clean := true
 	if c.stop != nil {
@@ -153,7 +172,6 @@ func (c *h1conn) endExchange() bool {
 	}
 	if c.window {
 		c.window = false
-		c.nc.SetReadDeadline(time.Time{})
 		if c.windowWrite {
 			c.nc.SetWriteDeadline(time.Time{})
 			c.windowWrite = false
