@@ -14,7 +14,7 @@ import (
 // nothing). Allocation counts are stable where times are not: this test
 // fails when a change adds allocations to the hot path. Lower it when you
 // remove some; raise it only with a reason in the commit message.
-const allocBudget = 9
+const allocBudget = 2
 
 func TestAllocBudgetSmallGET(t *testing.T) {
 	if testing.Short() {
@@ -34,13 +34,21 @@ func TestAllocBudgetSmallGET(t *testing.T) {
 	for range 10 { // warm the connection pool and sync.Pools
 		h.ServeHTTP(w, r)
 	}
-	got := testing.AllocsPerRun(200, func() {
+	got := testing.AllocsPerRun(2000, func() {
 		clear(w.h)
 		h.ServeHTTP(w, r)
 	})
-	t.Logf("small GET: %.1f allocs/request (budget %d)", got, allocBudget)
-	if got > allocBudget {
+	budget := allocBudget
+	if raceEnabled {
+		// The race detector's sync.Pool drops a quarter of the round
+		// trips put back, at random, and each costs a few allocations
+		// anew: 3.8 per request on average here. CI checks the exact
+		// budget in a run without the race detector (.ci/run).
+		budget += 2
+	}
+	t.Logf("small GET: %.1f allocs/request (budget %d)", got, budget)
+	if got > float64(budget) {
 		t.Fatalf("small GET costs %.1f allocations, budget is %d: find the new allocation with "+
-			"go test -run xxx -bench ServeHTTP/sluice -memprofile m.prof ./proxy/", got, allocBudget)
+			"go test -run xxx -bench ServeHTTP/sluice -memprofile m.prof ./proxy/", got, budget)
 	}
 }

@@ -14,7 +14,7 @@ import (
 // on another goroutine, so sharing maps would race. The URL's scheme and host
 // are blanked so an absolute-form request line cannot steer where we dial;
 // each attempt sets them.
-func cloneRequest(ctx context.Context, in, out *http.Request, u *url.URL) {
+func cloneRequest(ctx context.Context, in, out *http.Request, u *url.URL, into http.Header) {
 	// WithContext is inlined and its copy does not escape: it lives on the
 	// stack until copied into out.
 	*out = *in.WithContext(ctx)
@@ -28,7 +28,7 @@ func cloneRequest(ctx context.Context, in, out *http.Request, u *url.URL) {
 		u.Opaque = "" // only origin-form paths are ever sent
 	}
 	out.URL = u
-	out.Header = copyHeader(in.Header)
+	out.Header = copyHeaderInto(into, in.Header)
 	out.Trailer = in.Trailer.Clone()
 	out.RequestURI = "" // the transport refuses requests that carry one
 	out.Close = false   // always reuse upstream connections
@@ -100,12 +100,17 @@ func validTarget(r *http.Request) bool {
 // (X-Forwarded-For/-Proto/-Host, User-Agent, Te) without the map growing.
 const headerRoom = 5
 
-// copyHeader copies the map, sized for what prepare adds, and shares the
-// value slices with their capacity clipped: nothing in the proxy writes into
-// a value slice (edits replace the slice), and an append copies. One
+// copyHeaderInto copies the map into out, emptied first, or into a new map
+// sized for what prepare adds when out is nil. The value slices are shared
+// with their capacity clipped: nothing in the proxy writes into a value
+// slice (edits replace the slice), and an append copies. At most one
 // allocation where Header.Clone makes two and the map then grows.
-func copyHeader(h http.Header) http.Header {
-	out := make(http.Header, len(h)+headerRoom)
+func copyHeaderInto(out, h http.Header) http.Header {
+	if out == nil {
+		out = make(http.Header, len(h)+headerRoom)
+	} else {
+		clear(out)
+	}
 	for k, vv := range h {
 		out[k] = vv[:len(vv):len(vv)]
 	}

@@ -753,6 +753,6 @@ func FuzzWriteRequest(f *testing.F) {
 // storage of its own.
 func cloneForTest(in *http.Request) *http.Request {
 	out, u := new(http.Request), new(url.URL)
-	cloneRequest(context.Background(), in, out, u)
+	cloneRequest(context.Background(), in, out, u, nil)
 	return out
 }

@@ -87,7 +87,7 @@ func parseResponse(raw []byte, br *bufio.Reader, req *http.Request, into *upstre
 	}
 	haveCL := false
 	var cl int64
-	res.Header, ok = h1strict.Fields(fields, n, nil, func(key, value string) (keep, ok bool) {
+	res.Header, ok = h1strict.Fields(fields, n, into.header, func(key, value string) (keep, ok bool) {
 		switch key {
 		case "Content-Length":
 			if haveCL {
@@ -112,6 +112,9 @@ func parseResponse(raw []byte, br *bufio.Reader, req *http.Request, into *upstre
 	})
 	if !ok {
 		return nil, false
+	}
+	if into.reuse {
+		into.header = res.Header
 	}
 	switch {
 	case req.Method == http.MethodHead:
@@ -184,6 +187,13 @@ type upstreamResponse struct {
 	res    http.Response
 	length lengthBody
 	body   h1body
+	// With reuse, the next response parsed here empties and refills the
+	// last one's header map instead of making a new one. Only the
+	// Handler's own round trip sets it (see roundTrip.recycle): it reads
+	// no response after the next has begun. A map handed out by
+	// Transport.RoundTrip, or to a 1xx hook, is never refilled.
+	reuse  bool
+	header http.Header
 }
 
 // lengthBody is a Content-Length body read from the connection's buffer;

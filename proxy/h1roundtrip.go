@@ -29,7 +29,7 @@ const max1xxResponses = 64
 // roundTripH1 sends req over a pooled connection and reads the response
 // headers on the calling goroutine. The response body reads from the same
 // connection, which goes back to the pool when the body is fully read.
-func (t *Transport) roundTripH1(req *http.Request, body *replayReader, info got1xxFunc) (*http.Response, error) {
+func (t *Transport) roundTripH1(req *http.Request, body *replayReader, info got1xxFunc, into *upstreamResponse) (*http.Response, error) {
 	ctx := req.Context()
 	for try := 0; ; try++ {
 		if err := ctx.Err(); err != nil {
@@ -44,7 +44,7 @@ func (t *Transport) roundTripH1(req *http.Request, body *replayReader, info got1
 			closeBody(req, body)
 			return nil, err
 		}
-		res, err := t.exchange(ctx, c, req, body, info)
+		res, err := t.exchange(ctx, c, req, body, info, into)
 		if err == nil {
 			if body != nil {
 				body.Close() // written in full; the bytes are no longer needed
@@ -81,10 +81,10 @@ func closeBody(req *http.Request, body *replayReader) {
 	}
 }
 
-// exchange writes req on c and reads the final response headers. On error c
-// is closed.
+// exchange writes req on c and reads the final response headers, into the
+// given storage or, when it is nil, new storage. On error c is closed.
 func (t *Transport) exchange(ctx context.Context, c *h1conn, req *http.Request, body *replayReader,
-	info got1xxFunc) (*http.Response, error) {
+	info got1xxFunc, into *upstreamResponse) (*http.Response, error) {
 	// Abort blocked I/O when the client goes away, until the response
 	// body is done: see h1watch.go.
 	c.beginExchange(ctx, req.ProtoMajor >= 2)
@@ -102,7 +102,9 @@ func (t *Transport) exchange(ctx context.Context, c *h1conn, req *http.Request, 
 	}
 	c.headerLimit = t.opts.MaxResponseHeaderBytes
 	var res *http.Response
-	into := new(upstreamResponse)
+	if into == nil {
+		into = new(upstreamResponse)
+	}
 	for n := 0; ; n++ {
 		var err error
 		res, err = readResponse(c.br, req, into)

@@ -173,8 +173,8 @@ func (h *Handler) Tunnels() int { return h.tunnels.count() }
 // ServeHTTP forwards r upstream and copies the answer to w.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rt := newRoundTrip(h, w, r)
-	defer rt.finish()
-	rt.serve()
+	rt.run()
+	rt.recycle() // not after a panic: finish passes it on
 }
 
 // bufPool holds the 32 KiB buffers used to copy bodies and tunnels.

@@ -116,7 +116,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if tr := httptrace.ContextClientTrace(req.Context()); tr != nil && tr.Got1xxResponse != nil {
 			info = traceGot1xx{tr}
 		}
-		return t.roundTripH1(req, body, info)
+		return t.roundTripH1(req, body, info, nil)
 	}
 	return t.roundTripStd(req)
 }
@@ -124,13 +124,18 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 // roundTripTraced is RoundTrip for the Handler: 1xx responses go to info
 // directly on the synchronous path, with no context wrapper or closure
 // (three allocations per request); net/http's path gets them through a
-// trace in the context.
-func (t *Transport) roundTripTraced(req *http.Request, info *informational) (*http.Response, error) {
+// trace in the context. On the synchronous path the response is parsed
+// into the caller's storage, and sync reports that path: nothing of req
+// or the response is used after the body is closed. net/http's Transport
+// may still write the request from its own goroutines after that.
+func (t *Transport) roundTripTraced(req *http.Request, info *informational, into *upstreamResponse) (res *http.Response, sync bool, err error) {
 	if body, ok := t.synchronous(req); ok {
-		return t.roundTripH1(req, body, info)
+		res, err = t.roundTripH1(req, body, info, into)
+		return res, true, err
 	}
 	trace := &httptrace.ClientTrace{Got1xxResponse: info.got1xx}
-	return t.roundTripStd(req.WithContext(httptrace.WithClientTrace(req.Context(), trace)))
+	res, err = t.roundTripStd(req.WithContext(httptrace.WithClientTrace(req.Context(), trace)))
+	return res, false, err
 }
 
 // got1xxFunc receives the 1xx responses the synchronous path reads; nil

@@ -17,6 +17,7 @@ import (
 // the protocol the client asked for, hijack the client connection, and copy
 // bytes both ways until both sides are done.
 func (rt *roundTrip) switchProtocols(res *http.Response) {
+	rt.private = false // the tunnel's goroutines use the round trip
 	token := upgradeToken(res.Header)
 	backConn, ok := res.Body.(io.ReadWriteCloser)
 	if rt.upgrade == "" || !strings.EqualFold(token, rt.upgrade) || !ok {

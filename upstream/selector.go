@@ -7,7 +7,8 @@ import (
 
 // Selector is a load-balancing policy. Select returns one of ups that
 // s.Usable accepts, or nil when none is. It must be safe for concurrent use
-// and should not allocate.
+// and should not allocate, and must not keep s or what it points to after
+// it returns: the proxy reuses them for later requests.
 type Selector interface {
 	Select(ups []*Upstream, s *Selection) *Upstream
 }
