@@ -5,6 +5,8 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/sluiceproxy/sluice/internal/testkit"
 )
 
 // deadlineCounter counts the read deadlines set on a real connection.
@@ -18,31 +20,11 @@ func (d *deadlineCounter) SetReadDeadline(t time.Time) error {
 	return d.Conn.SetReadDeadline(t)
 }
 
-func loopbackPair(t *testing.T) (net.Conn, net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	a, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := ln.Accept()
-	if err != nil {
-		a.Close()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { a.Close(); b.Close() })
-	return a, b
-}
-
 // Back-to-back exchanges share one window deadline instead of setting and
 // clearing their own; a deadline less than half a window away is renewed,
 // and an exchange that watches at once (eager) clears it.
 func TestWindowDeadlineCarriesOverExchanges(t *testing.T) {
-	a, _ := loopbackPair(t)
+	a, _ := testkit.TCPPair(t)
 	dc := &deadlineCounter{Conn: a}
 	c := &h1conn{nc: dc, headerLimit: -1}
 	ctx, cancel := context.WithCancel(context.Background())

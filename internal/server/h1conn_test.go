@@ -2,38 +2,19 @@ package server
 
 import (
 	"context"
-	"net"
 	"sync"
 	"testing"
 	"time"
-)
 
-// tcpPair returns both ends of a loopback TCP connection.
-func tcpPair(t *testing.T) (server, client net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	client, err = net.DialTimeout("tcp", ln.Addr().String(), 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	server, err = ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { server.Close(); client.Close() })
-	return server, client
-}
+	"github.com/sluiceproxy/sluice/internal/testkit"
+)
 
 // A goroutine a handler left behind may ask for its request's Done late:
 // after the handler returned, or while the next request is served. Its
 // background read would take bytes of the next request from under the
 // connection's reader, so it must not start.
 func TestConnReaderRefusesLateBackgroundRead(t *testing.T) {
-	nc, client := tcpPair(t)
+	nc, client := testkit.TCPPair(t)
 	c := &h1fastConn{nc: nc}
 	c.cr.c = c
 	running := func() bool {
@@ -116,7 +97,7 @@ func TestReqCtxAfterFuncWhenCancelledDoesNotRunOnCaller(t *testing.T) {
 	mu.Unlock()
 	// And through the context package, many times, against the end of the
 	// request racing the child's set-up.
-	nc, _ := tcpPair(t)
+	nc, _ := testkit.TCPPair(t)
 	c := &h1fastConn{nc: nc}
 	c.cr.c = c
 	for range 200 {
