@@ -4,6 +4,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -100,4 +101,45 @@ func TestObserveSummaries(t *testing.T) {
 			t.Fatalf("status %d, summary %+v", res.StatusCode, s)
 		}
 	})
+}
+
+// TestResponseGoesOutBeforeObserve: the bookkeeping after a response (the
+// access log, metrics) runs after the client has the whole response, so a
+// slow log does not delay it. sluice's HTTP/1.1 loop sends a response as
+// soon as its Content-Length is reached; net/http's server holds it until
+// the handler returns.
+func TestResponseGoesOutBeforeObserve(t *testing.T) {
+	if os.Getenv("SLUICE_TEST_STDSERVER") != "" {
+		t.Skip("net/http's server sends the response when the handler returns")
+	}
+	be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "answer")
+	}))
+	defer be.Close()
+	release := make(chan struct{})
+	observing := make(chan struct{}, 1)
+	slowLog := func(proxy.Summary) {
+		observing <- struct{}{}
+		select {
+		case <-release:
+		case <-time.After(10 * time.Second):
+		}
+	}
+	px := newProxy(t, proxy.Config{Observe: slowLog}, be)
+	defer close(release) // before the proxy's cleanup waits for the handler
+	client := &http.Client{Timeout: 2 * time.Second}
+	res, err := client.Get(px.URL + "/")
+	if err != nil {
+		t.Fatalf("the response waited for the observer: %v", err)
+	}
+	b, err := io.ReadAll(res.Body)
+	res.Body.Close()
+	if err != nil || string(b) != "answer" {
+		t.Fatalf("got %q, %v while the observer ran", b, err)
+	}
+	select {
+	case <-observing:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the observer was never called")
+	}
 }

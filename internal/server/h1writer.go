@@ -110,9 +110,13 @@ func (w *h1writer) Write(p []byte) (int, error) {
 	}
 	if w.holds(len(p)) {
 		w.pending = append(w.pending, p...)
-		return len(p), nil
+		return len(p), w.sendIfComplete()
 	}
-	return w.send(p)
+	n, err := w.send(p)
+	if err != nil {
+		return n, err
+	}
+	return n, w.sendIfComplete()
 }
 
 // WriteString holds a short string (an error page) without converting it
@@ -123,9 +127,32 @@ func (w *h1writer) WriteString(s string) (int, error) {
 	}
 	if w.holds(len(s)) {
 		w.pending = append(w.pending, s...)
-		return len(s), nil
+		return len(s), w.sendIfComplete()
 	}
-	return w.send([]byte(s))
+	n, err := w.send([]byte(s))
+	if err != nil {
+		return n, err
+	}
+	return n, w.sendIfComplete()
+}
+
+// sendIfComplete sends the response the moment its declared Content-Length
+// is reached: nothing can follow the last byte (no trailers without
+// chunking), so the client need not wait for what the handler does after
+// it (a proxy's logging, metrics and pool bookkeeping). finish then has
+// nothing left to write. The write happens inside the handler's Write, so
+// the slow-client limits bracket it as they do any other.
+func (w *h1writer) sendIfComplete() error {
+	if w.cl < 0 || w.written != w.cl || w.chunked || w.req.Method == http.MethodHead {
+		return nil
+	}
+	if !w.sent {
+		w.sendHeader(nil)
+	}
+	if w.werr == nil {
+		w.noteErr(w.c.bw.Flush())
+	}
+	return w.werr
 }
 
 // admit checks and counts n body bytes about to be written, writing the
