@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -58,6 +59,7 @@ func TestH1FastSendsCompleteResponseEarly(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var release chan struct{}
 			quit := make(chan struct{}) // a failed test must not wait out h1Wait
+			var quitOnce sync.Once
 			returned := make(chan struct{}, 2)
 			h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				defer func() { returned <- struct{}{} }()
@@ -80,9 +82,7 @@ func TestH1FastSendsCompleteResponseEarly(t *testing.T) {
 				o := mode.o
 				release = make(chan struct{})
 				srv := start(t, h, o)
-				if o.WriteIdleTimeout == 0 {
-					t.Cleanup(func() { close(quit) }) // runs before the server's cleanup
-				}
+				t.Cleanup(func() { quitOnce.Do(func() { close(quit) }) }) // before the server's cleanup
 				conn := dialH1(t, srv.addr)
 				br := bufio.NewReader(conn)
 				io.WriteString(conn, "GET /first HTTP/1.1\r\nHost: x\r\n\r\n")
