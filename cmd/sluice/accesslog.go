@@ -13,10 +13,11 @@ import (
 // accessLogFlushEvery, and on Close.
 //
 // The file is written by a goroutine of its own, never by the request that
-// fills the buffer: the access line is logged before the response's last
-// bytes go out, so a write on the request's path would delay the client's
-// response (a 64 KiB write every couple of hundred requests, and every
-// request behind the lock meanwhile). Two buffers take turns: lines gather
+// fills the buffer: a write on the request's path would hold up that
+// connection and every request behind the lock meanwhile (a 64 KiB write
+// every couple of hundred requests), and on HTTP/2, TLS and chunked
+// responses the access line is logged before the response's last bytes go
+// out, so the client would wait for it too. Two buffers take turns: lines gather
 // in one while the other is being written. Only when the writer still has
 // the other buffer (the disk is behind by a whole buffer) does a request
 // wait, so memory stays at two buffers and no line is dropped.
