@@ -73,8 +73,11 @@ type Config struct {
 	AccessLog *slog.Logger
 
 	// Observe, when set, is called once per request, after the response
-	// is complete, with its Summary. It runs on the request's goroutine
-	// and adds to its latency: count things, do no I/O.
+	// is complete, with its Summary. It runs on the request's goroutine,
+	// before ServeHTTP returns: under net/http's server the client waits
+	// for it (sluice's own HTTP/1.1 server has sent a response of known
+	// length by then), and the connection's next request always does.
+	// Count things, do no I/O.
 	Observe func(Summary)
 }
 
