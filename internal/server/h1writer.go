@@ -112,11 +112,7 @@ func (w *h1writer) Write(p []byte) (int, error) {
 		w.pending = append(w.pending, p...)
 		return len(p), w.sendIfComplete()
 	}
-	n, err := w.send(p)
-	if err != nil {
-		return n, err
-	}
-	return n, w.sendIfComplete()
+	return w.send(p)
 }
 
 // WriteString holds a short string (an error page) without converting it
@@ -129,11 +125,7 @@ func (w *h1writer) WriteString(s string) (int, error) {
 		w.pending = append(w.pending, s...)
 		return len(s), w.sendIfComplete()
 	}
-	n, err := w.send([]byte(s))
-	if err != nil {
-		return n, err
-	}
-	return n, w.sendIfComplete()
+	return w.send([]byte(s))
 }
 
 // sendIfComplete sends the response the moment its declared Content-Length
@@ -185,7 +177,11 @@ func (w *h1writer) send(p []byte) (int, error) {
 	if w.req.Method == http.MethodHead {
 		return len(p), nil // counted, sniffed, never sent
 	}
-	return w.writeBody(p)
+	n, err := w.writeBody(p)
+	if err != nil {
+		return n, err
+	}
+	return n, w.sendIfComplete()
 }
 
 func (w *h1writer) writeBody(p []byte) (int, error) {
