@@ -23,6 +23,17 @@ func TestRecycleEmptiesWhatItKeeps(t *testing.T) {
 	if len(small) != 0 || len(large) != 0 {
 		t.Fatalf("recycled maps still hold %d and %d fields", len(small), len(large))
 	}
+	// What recycle keeps (rt is in the pool now: another test may hold it).
+	for i := range maxRecycledFields + 1 {
+		large[fmt.Sprint("X-", i)] = []string{"v"}
+	}
+	small["X-One"] = []string{"1"}
+	if got := emptied(small); got == nil || len(got) != 0 {
+		t.Fatalf("a small map was not kept empty: %v", got)
+	}
+	if got := emptied(large); got != nil || len(large) != 0 {
+		t.Fatalf("a map past %d fields was kept: %d fields", maxRecycledFields, len(got))
+	}
 
 	shared := http.Header{"X-Kept": {"1"}}
 	rt = &roundTrip{private: false, in: in, outHeader: shared}
