@@ -75,6 +75,9 @@ func serve(c net.Conn, to string) {
 func readHead(c net.Conn, buf []byte) (int, error) {
 	n := 0
 	for !bytes.Contains(buf[:n], headEnd) {
+		if n == len(buf) {
+			return 0, errTooBig
+		}
 		m, err := c.Read(buf[n:])
 		if err != nil {
 			return 0, err
@@ -88,6 +91,9 @@ func readHead(c net.Conn, buf []byte) (int, error) {
 func readResponse(u net.Conn, buf []byte) (int, error) {
 	k, want := 0, -1
 	for want < 0 || k < want {
+		if k == len(buf) {
+			return 0, errTooBig
+		}
 		m, err := u.Read(buf[k:])
 		if err != nil {
 			return 0, err
@@ -114,4 +120,7 @@ func readResponse(u net.Conn, buf []byte) (int, error) {
 	return k, nil
 }
 
-var errNoLength = errors.New("response without Content-Length")
+var (
+	errNoLength = errors.New("response without Content-Length")
+	errTooBig   = errors.New("message larger than the buffer") // instead of reading 0 bytes forever
+)
