@@ -13,7 +13,12 @@ import (
 	"time"
 
 	"golang.org/x/net/http/httpguts"
+
+	"github.com/sluiceproxy/sluice/internal/sockio"
 )
+
+// yieldCPU is sockio.YieldCPU; tests count the calls.
+var yieldCPU = sockio.YieldCPU
 
 var (
 	errUnexpected101 = errors.New("upstream switched protocols without being asked")
@@ -96,6 +101,17 @@ func (t *Transport) exchange(ctx context.Context, c *h1conn, req *http.Request, 
 
 	if err := writeRequest(c.bw, req, body); err != nil {
 		return fail(err)
+	}
+	// An upstream on this machine that the write woke may be queued behind
+	// this thread on its CPU; when no other exchange is waiting, the thread
+	// is about to go idle anyway, so let the upstream run first
+	// (sockio.YieldCPU). Under load others wait too and nothing is yielded.
+	if !t.opts.NoPeerYield {
+		alone := t.awaiting.Add(1) == 1
+		defer t.awaiting.Add(-1)
+		if alone {
+			yieldCPU()
+		}
 	}
 	if err := c.startHeaders(t.opts.ResponseHeaderTimeout); err != nil {
 		return fail(err)

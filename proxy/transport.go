@@ -25,6 +25,10 @@ type TransportOptions struct {
 	KeepAlive               time.Duration // TCP keep-alive probe period, default 30s
 	TLSClientConfig         *tls.Config   // for https upstreams
 	DisableSynchronousHTTP1 bool          // always use net/http's Transport
+	// NoPeerYield keeps the synchronous HTTP/1.1 path from yielding its CPU
+	// after it writes a request while no other exchange awaits an answer
+	// (Transport.exchange says why it does).
+	NoPeerYield bool
 }
 
 // Transport sends requests upstream. Plain-HTTP/1.1 requests without an
@@ -41,6 +45,10 @@ type Transport struct {
 
 	mu   sync.Mutex
 	idle map[string][]*h1conn // per address, most recently used last
+
+	// awaiting counts synchronous exchanges between the request's last
+	// byte and the response's head.
+	awaiting atomic.Int32
 }
 
 // forceNetHTTP makes every transport use net/http's path. Tests set it (see

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/sluiceproxy/sluice/internal/h1strict"
+	"github.com/sluiceproxy/sluice/internal/sockio"
 )
 
 // h1fastConn is one client connection on the fast HTTP/1.1 loop. It reads
@@ -220,6 +221,7 @@ func (c *h1fastConn) serveRequest(h *head) (keep, linger bool) {
 	w.c, w.req, w.body, w.header, w.cl, w.pending = c, req, body, c.respHeader, -1, c.buf[:0]
 	c.cr.begin(ctx)
 
+	s.unanswered.Add(1) // until sendHeader
 	panicked := s.runHandler(w, req)
 	w.over.Store(true)
 
@@ -241,6 +243,9 @@ func (c *h1fastConn) serveRequest(h *head) (keep, linger bool) {
 		}
 	}
 	if panicked {
+		if !w.sent {
+			s.unanswered.Add(-1)
+		}
 		// What was written goes out; what was held back does not, so a
 		// response cut short never looks complete.
 		c.bw.Flush()
@@ -509,3 +514,19 @@ func (b *h1body) watchAtEOF() bool {
 	b.watch.Store(true)
 	return b.remain.Load() == 0
 }
+
+// yieldIfAlone is called once a response has been written out whole. When
+// no other request waits for its answer, the thread will soon go idle
+// anyway, and a client on this machine that the write woke may be queued
+// behind it on this CPU: yielding lets the client run first
+// (sockio.YieldCPU). Under load other requests wait and nothing is
+// yielded. Responses already streaming (event streams, long downloads) do
+// not count: they wait on their upstream, not on this thread.
+func (c *h1fastConn) yieldIfAlone() {
+	if c.s.peerYield && c.s.unanswered.Load() == 0 {
+		yieldCPU()
+	}
+}
+
+// yieldCPU is sockio.YieldCPU; tests count the calls.
+var yieldCPU = sockio.YieldCPU

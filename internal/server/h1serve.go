@@ -37,6 +37,11 @@ type h1server struct {
 	// watch asks for (slackFor of WriteIdleTimeout; 0 without one).
 	writeSlack time.Duration
 	draining   atomic.Bool
+	// unanswered counts requests being served whose response has not
+	// started; peerYield is !Options.NoPeerYield (see
+	// h1fastConn.yieldIfAlone).
+	unanswered atomic.Int32
+	peerYield  bool
 
 	mu    sync.Mutex
 	conns map[*h1fastConn]struct{}
@@ -53,6 +58,7 @@ func newH1Server(h http.Handler, o Options, std *http.Server, addr net.Addr) *h1
 		bodyDeadlines: o.bodyReadTimeout() > 0,
 		writeSlack:    time.Duration(slackFor(o.writeIdleTimeout())),
 		conns:         make(map[*h1fastConn]struct{}),
+		peerYield:     !o.NoPeerYield,
 	}
 }
 

@@ -143,6 +143,9 @@ func (w *h1writer) sendIfComplete() error {
 	}
 	if w.werr == nil {
 		w.noteErr(w.c.bw.Flush())
+		if w.werr == nil {
+			w.c.yieldIfAlone()
+		}
 	}
 	return w.werr
 }
@@ -265,7 +268,11 @@ func (w *h1writer) finish() bool {
 		w.writeTrailers()
 		bw.WriteString("\r\n")
 	}
+	sending := w.c.bw.Buffered() > 0
 	w.noteErr(w.c.bw.Flush())
+	if sending && w.werr == nil {
+		w.c.yieldIfAlone()
+	}
 	switch {
 	case w.werr != nil, w.closeAfter:
 		return false
@@ -280,6 +287,7 @@ func (w *h1writer) finish() bool {
 // that did not fit in pending, if any: it is sniffed with pending.
 func (w *h1writer) sendHeader(next []byte) {
 	w.sent = true
+	w.c.s.unanswered.Add(-1)
 	h := w.header
 	if w.snap != nil {
 		h = w.snap

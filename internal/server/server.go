@@ -89,6 +89,10 @@ type Options struct {
 	// and as an escape hatch; the loop is already off with TLS or a
 	// ReadTimeout or WriteTimeout.
 	StdHTTP1 bool
+	// NoPeerYield keeps the fast HTTP/1.1 loop from yielding its CPU after
+	// it sends a complete response while no other request waits for one
+	// (sockio.YieldCPU says why it does).
+	NoPeerYield bool
 	// Logger receives the listening address, shutdown progress and
 	// net/http's own errors. Default slog.Default().
 	Logger *slog.Logger
