@@ -66,6 +66,7 @@ type proxyOptions struct {
 	TLSCert, TLSKey       string
 	H2C                   bool
 	StdHTTP1              bool // net/http's server for every HTTP/1 connection
+	PeerYield             bool // sockio.YieldCPU after a lone request's writes
 
 	// Health and limits (issue 3): see docs/upstream.md.
 	HealthURI      string // "" = no active checks
@@ -101,6 +102,7 @@ func defaultProxyOptions() proxyOptions {
 		ResponseHeaderTimeout: 60 * time.Second,
 		AccessLogBuffer:       64 << 10,
 		GCFloor:               defaultGCFloor,
+		PeerYield:             true,
 		BodyReadTimeout:       server.DefaultBodyReadTimeout,
 		WriteIdleTimeout:      server.DefaultWriteIdleTimeout,
 		HealthInterval:        10 * time.Second,
@@ -402,6 +404,8 @@ var proxyFlags = []flagSpec{
 		switchFlag("h2c", func(o *proxyOptions, b bool) { o.H2C = b })},
 	{"std-http1", "", "off", "serve HTTP/1 with net/http's server only, without sluice's fast HTTP/1.1 loop",
 		switchFlag("std-http1", func(o *proxyOptions, b bool) { o.StdHTTP1 = b })},
+	{"peer-yield", "", "on", "when a request is the only one in flight, yield the CPU after writing it upstream and after sending its response, so a client or upstream on this machine that the write woke runs first (--peer-yield=false: never)",
+		switchFlag("peer-yield", func(o *proxyOptions, b bool) { o.PeerYield = b })},
 }
 
 // switchFlag parses the value of switch --name (true or false; a bare

@@ -159,6 +159,7 @@ func (o proxyOptions) toConfig(log *slog.Logger, access func(proxy.Summary)) (pr
 	tr := proxy.NewTransport(proxy.TransportOptions{
 		DialTimeout:           o.DialTimeout,
 		ResponseHeaderTimeout: rht,
+		NoPeerYield:           !o.PeerYield,
 	})
 	pc := upstream.PoolConfig{
 		Policy:       policy,
@@ -216,6 +217,7 @@ func (o proxyOptions) serverOptions(log *slog.Logger) server.Options {
 		TLSKey:           o.TLSKey,
 		H2C:              o.H2C,
 		StdHTTP1:         o.StdHTTP1,
+		NoPeerYield:      !o.PeerYield,
 		MaxHeaderBytes:   o.MaxHeaderBytes,
 		BodyReadTimeout:  noneIfZero(o.BodyReadTimeout),
 		WriteIdleTimeout: noneIfZero(o.WriteIdleTimeout),
