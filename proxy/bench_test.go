@@ -11,6 +11,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/sluiceproxy/sluice/internal/testkit"
 	"github.com/sluiceproxy/sluice/proxy"
 	"github.com/sluiceproxy/sluice/upstream"
 )
@@ -31,61 +32,28 @@ var smallBody = strings.Repeat("x", 100)
 // so allocation counts and profiles show the proxy, not the backend. It only
 // handles bodiless requests.
 func rawBackend(tb testing.TB) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
 	resp := []byte("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n" + smallBody)
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
+	return testkit.ServeConns(tb, func(c net.Conn) {
+		buf := make([]byte, 4096)
+		var pending []byte
 		for {
-			c, err := ln.Accept()
+			n, err := c.Read(buf)
 			if err != nil {
 				return
 			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				buf := make([]byte, 4096)
-				var pending []byte
-				for {
-					n, err := c.Read(buf)
-					if err != nil {
-						return
-					}
-					pending = append(pending, buf[:n]...)
-					for {
-						i := bytes.Index(pending, []byte("\r\n\r\n"))
-						if i < 0 {
-							break
-						}
-						pending = pending[:copy(pending, pending[i+4:])]
-						if _, err := c.Write(resp); err != nil {
-							return
-						}
-					}
+			pending = append(pending, buf[:n]...)
+			for {
+				i := bytes.Index(pending, []byte("\r\n\r\n"))
+				if i < 0 {
+					break
 				}
-			}()
+				pending = pending[:copy(pending, pending[i+4:])]
+				if _, err := c.Write(resp); err != nil {
+					return
+				}
+			}
 		}
-	}()
-	tb.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
 	})
-	return ln.Addr().String()
 }
 
 func benchRequest() *http.Request {

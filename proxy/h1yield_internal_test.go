@@ -5,79 +5,35 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
-)
 
-// countYields replaces yieldCPU with a counter for the rest of the test.
-// The test must not be parallel: yieldCPU is package state.
-func countYields(t *testing.T) *atomic.Int64 {
-	var n atomic.Int64
-	old := yieldCPU
-	yieldCPU = func() { n.Add(1) }
-	t.Cleanup(func() { yieldCPU = old })
-	return &n
-}
+	"github.com/sluiceproxy/sluice/internal/testkit"
+)
 
 // heldUpstream answers "GET /hold" only when release is closed, closes the
 // connection without answering "GET /drop", and answers anything else at
 // once. It reads requests with net/http's parser.
 func heldUpstream(t *testing.T, release <-chan struct{}) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
+	return testkit.ServeConns(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
 		for {
-			c, err := ln.Accept()
+			req, err := http.ReadRequest(br)
 			if err != nil {
 				return
 			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					req, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					switch req.URL.Path {
-					case "/hold":
-						select {
-						case <-release:
-						case <-time.After(10 * time.Second):
-						}
-					case "/drop":
-						return
-					}
-					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+			switch req.URL.Path {
+			case "/hold":
+				select {
+				case <-release:
+				case <-time.After(10 * time.Second):
 				}
-			}()
+			case "/drop":
+				return
+			}
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 		}
-	}()
-	return ln.Addr().String()
+	})
 }
 
 // TestExchangeYieldsOnlyWhenNoOtherAwaits: the synchronous path yields its
@@ -88,7 +44,7 @@ func TestExchangeYieldsOnlyWhenNoOtherAwaits(t *testing.T) {
 	if forceNetHTTP {
 		t.Skip("SLUICE_TEST_NETHTTP=1: the synchronous path is off")
 	}
-	yields := countYields(t)
+	yields := testkit.CountCalls(t, &yieldCPU)
 	release := make(chan struct{})
 	addr := heldUpstream(t, release)
 	tr := NewTransport(TransportOptions{})

@@ -5,20 +5,11 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"sync/atomic"
 	"testing"
 	"time"
-)
 
-// countYields replaces yieldCPU with a counter for the rest of the test.
-// The test must not be parallel: yieldCPU is package state.
-func countYields(t *testing.T) *atomic.Int64 {
-	var n atomic.Int64
-	old := yieldCPU
-	yieldCPU = func() { n.Add(1) }
-	t.Cleanup(func() { yieldCPU = old }) // registered first, so it runs after the servers stop
-	return &n
-}
+	"github.com/sluiceproxy/sluice/internal/testkit"
+)
 
 // TestH1FastYieldsOnlyWhenNoRequestWaits: after a response has gone out
 // whole, the fast loop yields its CPU once, and only when no other request
@@ -30,7 +21,7 @@ func TestH1FastYieldsOnlyWhenNoRequestWaits(t *testing.T) {
 	if forceStdHTTP1 {
 		t.Skip("SLUICE_TEST_STDSERVER=1: the fast loop is off")
 	}
-	yields := countYields(t)
+	yields := testkit.CountCalls(t, &yieldCPU)
 	hold := make(chan struct{})
 	holding := make(chan struct{}, 1)
 	streaming := make(chan struct{})
@@ -71,6 +62,14 @@ func TestH1FastYieldsOnlyWhenNoRequestWaits(t *testing.T) {
 			t.Fatalf("GET %s: body %q, want %q", path, got, want)
 		}
 	}
+	await := func(ch <-chan struct{}, what string) {
+		t.Helper()
+		select {
+		case <-ch:
+		case <-time.After(h1Wait):
+			t.Fatal(what)
+		}
+	}
 	// expect waits for the count to settle: the client can read a response
 	// before the server's yield that follows its write.
 	expect := func(what string, want int64) {
@@ -94,11 +93,7 @@ func TestH1FastYieldsOnlyWhenNoRequestWaits(t *testing.T) {
 	other := dialH1(t, srv.addr)
 	otherBR := bufio.NewReader(other)
 	io.WriteString(other, "GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
-	select {
-	case <-holding:
-	case <-time.After(h1Wait):
-		t.Fatal("the held request did not reach its handler")
-	}
+	await(holding, "the held request did not reach its handler")
 	get(conn, br, "/length", "hello")
 	expect("a response while another request waits", 2)
 	close(hold)
@@ -110,11 +105,7 @@ func TestH1FastYieldsOnlyWhenNoRequestWaits(t *testing.T) {
 	// A response that is streaming is answered: it does not stop yields.
 	hold = make(chan struct{})
 	io.WriteString(other, "GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
-	select {
-	case <-streaming:
-	case <-time.After(h1Wait):
-		t.Fatal("the stream did not start")
-	}
+	await(streaming, "the stream did not start")
 	get(conn, br, "/length", "hello")
 	expect("a response while another streams", 4)
 	close(hold)
