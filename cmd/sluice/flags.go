@@ -404,7 +404,7 @@ var proxyFlags = []flagSpec{
 		switchFlag("h2c", func(o *proxyOptions, b bool) { o.H2C = b })},
 	{"std-http1", "", "off", "serve HTTP/1 with net/http's server only, without sluice's fast HTTP/1.1 loop",
 		switchFlag("std-http1", func(o *proxyOptions, b bool) { o.StdHTTP1 = b })},
-	{"peer-yield", "", "on", "when a request is the only one in flight, yield the CPU after writing it upstream and after sending its response, so a client or upstream on this machine that the write woke runs first (--peer-yield=false: never)",
+	{"peer-yield", "", "on", "when a request is the only one waiting for an answer, yield the CPU after writing it upstream and after sending its response, so a client or upstream on this machine that the write woke runs first (--peer-yield=false: never)",
 		switchFlag("peer-yield", func(o *proxyOptions, b bool) { o.PeerYield = b })},
 }
 
