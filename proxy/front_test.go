@@ -13,6 +13,9 @@ import (
 	"github.com/sluiceproxy/sluice/internal/server"
 )
 
+// frontIsNetHTTP: SLUICE_TEST_STDSERVER=1 puts net/http's server in front.
+var frontIsNetHTTP = os.Getenv("SLUICE_TEST_STDSERVER") != ""
+
 // frontServer serves h as sluice does: through internal/server, whose fast
 // HTTP/1.1 loop (and net/http's server, for what the loop hands over) are
 // then covered by every proxy test. SLUICE_TEST_STDSERVER=1 uses a plain
@@ -23,7 +26,7 @@ import (
 // stops the serving goroutine; t's cleanup waits for it.
 func frontServer(t testing.TB, h http.Handler) *httptest.Server {
 	t.Helper()
-	if os.Getenv("SLUICE_TEST_STDSERVER") != "" {
+	if frontIsNetHTTP {
 		return httptest.NewServer(h)
 	}
 	srv := httptest.NewUnstartedServer(h)
